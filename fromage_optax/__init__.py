@@ -1,0 +1,27 @@
+"""fromage_optax: the Fromage optimiser (Bernstein et al., 2020) for optax.
+
+Fromage moves every tensor by the same relative amount per step:
+W ← (W − η·(‖W‖/‖g‖)·g)/√(1+η²), optionally capping ‖W‖ at p_bound·‖W₀‖.
+"""
+
+from fromage_optax._fromage import FromageState, fromage
+from fromage_optax._scale_by_fromage import ScaleByFromageState, scale_by_fromage
+from fromage_optax._weight_norm import (
+    BoundWeightNormState,
+    ControlWeightNormState,
+    bound_weight_norm,
+    control_weight_norm,
+)
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "BoundWeightNormState",
+    "ControlWeightNormState",
+    "FromageState",
+    "ScaleByFromageState",
+    "bound_weight_norm",
+    "control_weight_norm",
+    "fromage",
+    "scale_by_fromage",
+)

@@ -1,0 +1,130 @@
+"""Argument and pytree checks shared by the Fromage transforms.
+
+Every check runs at construction time or at trace time (it only looks at
+static structure, shapes and dtypes), so none of them costs anything inside a
+jitted step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NO_PARAMS_MSG = (
+    "{name} needs the current parameters: call `update(updates, state, params)` "
+    "(with optax.chain, pass `params=` to the chain's update). Fromage rescales every "
+    "update by the norm of its parameter tensor, so it cannot run without them."
+)
+
+
+def is_concrete_number(value: Any) -> bool:
+    """Whether `value` is a number whose value is known now (not a tracer)."""
+    if isinstance(value, jax.core.Tracer):
+        return False
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (int, float, np.number)):
+        return True
+    if isinstance(value, (np.ndarray, jax.Array)):
+        return np.ndim(value) == 0
+    return False
+
+
+def check_learning_rate(learning_rate: Any, name: str) -> None:
+    """Rejects a constant learning rate that is not a finite positive number."""
+    if learning_rate is None:
+        raise ValueError(
+            f"{name}: learning_rate is None. Pass a positive float (e.g. 0.01) or an optax "
+            "schedule (a function of the step count)."
+        )
+    if callable(learning_rate):
+        return
+    if isinstance(learning_rate, (bool, np.bool_)):
+        raise TypeError(f"{name}: learning_rate must be a number or a schedule, got a bool.")
+    if not is_concrete_number(learning_rate):
+        if isinstance(learning_rate, jax.core.Tracer) or (
+            isinstance(learning_rate, (np.ndarray, jax.Array)) and np.ndim(learning_rate) == 0
+        ):
+            return  # a traced hyperparameter (e.g. optax.inject_hyperparams under jit)
+        raise TypeError(
+            f"{name}: learning_rate must be a scalar number or a schedule, got "
+            f"{type(learning_rate).__name__}."
+        )
+    value = float(learning_rate)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(
+            f"{name}: learning_rate must be finite and > 0, got {value!r}. Fromage's "
+            "learning rate is the relative size of each step (0.01 moves every tensor by "
+            "about 1%); use a value such as 0.01, or a schedule for warm-up or decay."
+        )
+
+
+def check_p_bound(p_bound: Any, name: str) -> None:
+    """Rejects a p_bound that is set but not a finite positive number."""
+    if p_bound is None or isinstance(p_bound, jax.core.Tracer):
+        return
+    if isinstance(p_bound, (bool, np.bool_)) or not is_concrete_number(p_bound):
+        raise TypeError(
+            f"{name}: p_bound must be None or a positive number, got {type(p_bound).__name__}."
+        )
+    value = float(p_bound)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(
+            f"{name}: p_bound must be None or a finite number > 0, got {value!r}. It caps "
+            "every tensor's norm at p_bound times its norm at init; pass None for no cap."
+        )
+
+
+def leaf_paths(tree: Any) -> list[str]:
+    """Readable key paths of a tree's leaves, in `jax.tree.leaves` order."""
+    with_path, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [jax.tree_util.keystr(path) or "<root>" for path, _ in with_path]
+
+
+def check_float_leaves(params: Any, name: str) -> None:
+    """Rejects integer, bool or complex parameter leaves, naming the first one."""
+    leaves = jax.tree.leaves(params)
+    for index, leaf in enumerate(leaves):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            path = leaf_paths(params)[index]
+            raise TypeError(
+                f"{name}: the parameter at {path} has dtype {dtype}; Fromage only updates "
+                "floating-point tensors. Leave it out with optax.masked(fromage(...), mask) "
+                "or optax.multi_transform, or store it outside the params tree."
+            )
+
+
+def check_same_structure(updates: Any, params: Any, name: str) -> None:
+    """Raises a ValueError naming the first path where updates and params differ."""
+    updates_def = jax.tree.structure(updates)
+    params_def = jax.tree.structure(params)
+    if updates_def == params_def:
+        for index, (u, p) in enumerate(zip(jax.tree.leaves(updates), jax.tree.leaves(params))):
+            if np.shape(u) != np.shape(p):
+                path = leaf_paths(params)[index]
+                raise ValueError(
+                    f"{name}: at {path} the update has shape {np.shape(u)} but the parameter "
+                    f"has shape {np.shape(p)}. Pass gradients of these params."
+                )
+        return
+    update_paths = leaf_paths(updates)
+    param_paths = leaf_paths(params)
+    only_updates = [p for p in update_paths if p not in set(param_paths)]
+    only_params = [p for p in param_paths if p not in set(update_paths)]
+    details = []
+    if only_params:
+        details.append(f"params have {only_params[0]} but updates do not")
+    if only_updates:
+        details.append(f"updates have {only_updates[0]} but params do not")
+    if not details:
+        details.append(f"updates are {updates_def} but params are {params_def}")
+    raise ValueError(
+        f"{name}: updates and params must be trees of the same structure; "
+        + "; ".join(details)
+        + ". Pass the gradients of exactly these params (same keys, same nesting)."
+    )
