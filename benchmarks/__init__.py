@@ -1,0 +1,1 @@
+"""Flax examples and experiment scripts for fromage_optax (run from the repo root: python -m benchmarks.X)."""
