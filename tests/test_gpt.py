@@ -104,22 +104,28 @@ def test_layer_axes_marks_only_stacked_blocks():
     assert all(v is None for v in gpt.gpt_layer_axes(unrolled).values())
 
 
+def _fromage_step(optimizer, params, grads):
+    @jax.jit
+    def step(params, grads):
+        updates, _ = optimizer.update(grads, optimizer.init(params), params)
+        return optax.apply_updates(params, updates)
+
+    return step(params, grads)
+
+
 @pytest.mark.parametrize("p_bound", [None, 1.0])
 def test_fromage_step_on_scanned_blocks_matches_per_block_step(p_bound):
     """With gpt_layer_axes, Fromage treats every stacked block as its own layer."""
     config = gpt.gpt_config("quick")
     params = gpt.init_gpt_params(config, jax.random.key(0))
     grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(x.size), x.shape), params)
-    unrolled_opt = fromage_optax.fromage(0.1, p_bound)
-    updates, _ = unrolled_opt.update(grads, unrolled_opt.init(params), params)
-    expected = _stack_blocks(optax.apply_updates(params, updates), config.num_layers)
+    expected = _stack_blocks(
+        _fromage_step(fromage_optax.fromage(0.1, p_bound), params, grads), config.num_layers
+    )
 
     scanned_params = _stack_blocks(params, config.num_layers)
     scanned_grads = _stack_blocks(grads, config.num_layers)
     scanned_opt = fromage_optax.fromage(0.1, p_bound, layer_axes=gpt.gpt_layer_axes)
-    scanned_updates, _ = scanned_opt.update(
-        scanned_grads, scanned_opt.init(scanned_params), scanned_params
-    )
     chex.assert_trees_all_close(
-        optax.apply_updates(scanned_params, scanned_updates), expected, atol=1e-6
+        _fromage_step(scanned_opt, scanned_params, scanned_grads), expected, atol=1e-6
     )
