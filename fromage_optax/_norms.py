@@ -161,6 +161,17 @@ def _rescaled_stats(xs, reduce_axes, axis_names, with_dot):
     return norms, None
 
 
+def _cond(predicate, true_fn, false_fn, *operands):
+    """`lax.cond`, or a plain Python branch when the predicate is already known.
+
+    Outside `jit` the predicate is a concrete array: branching in Python avoids
+    compiling both branches on every eager call.
+    """
+    if isinstance(predicate, jax.core.Tracer):
+        return lax.cond(predicate, true_fn, false_fn, *operands)
+    return true_fn(*operands) if bool(predicate) else false_fn(*operands)
+
+
 def _grouped_stats(tensors, partners, layer_axes, axis_names, with_dot):
     """Norms of `tensors` (and `partners`, and their cosines), one entry per leaf."""
     groups = _make_groups(tensors, partners, layer_axes, axis_names)
@@ -180,7 +191,7 @@ def _grouped_stats(tensors, partners, layer_axes, axis_names, with_dot):
         for group, xs, sums in zip(groups, inputs, group_sums):
             squares = sums[: len(sums) - int(with_dot)]
             results.append(
-                lax.cond(
+                _cond(
                     _needs_rescaling(squares),
                     lambda xs=xs, group=group: _rescaled_stats(
                         xs, group.reduce_axes, group.axis_names, with_dot
@@ -192,7 +203,7 @@ def _grouped_stats(tensors, partners, layer_axes, axis_names, with_dot):
 
     if groups:
         squares = [s for sums in fast for s in sums[: len(sums) - int(with_dot)]]
-        stats = lax.cond(_needs_rescaling(squares), with_rescaling, from_fast, fast)
+        stats = _cond(_needs_rescaling(squares), with_rescaling, from_fast, fast)
     else:
         stats = []
 

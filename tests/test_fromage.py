@@ -1,0 +1,173 @@
+"""`fromage` and the equivalent chain of building blocks against the float64 NumPy reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from _reference import reference_step, relative_error
+
+import fromage_optax
+
+SHAPES = {
+    "scalar": (),
+    "vector": (7,),
+    "matrix": (12, 5),
+    "conv": (3, 3, 4, 6),
+    "cube": (4, 3, 5),
+    "zero_param": (6, 4),  # W = 0, like a freshly initialised bias
+    "zero_grad": (9,),  # g = 0
+    "both_zero": (2, 2),
+}
+
+
+def random_problem(seed, dtype=np.float32, scale=1.0):
+    """A params/grads dict covering scalars, 1-D to 4-D tensors and zero tensors."""
+    rng = np.random.default_rng(seed)
+    params, grads = {}, {}
+    for name, shape in SHAPES.items():
+        params[name] = rng.normal(size=shape) * rng.uniform(0.1, 3.0)
+        grads[name] = rng.normal(size=shape) * rng.uniform(1e-3, 10.0) * scale
+    params["zero_param"][...] = 0.0
+    params["both_zero"][...] = 0.0
+    grads["zero_grad"][...] = 0.0
+    grads["both_zero"][...] = 0.0
+    cast = lambda tree: {k: np.asarray(v, dtype) for k, v in tree.items()}
+    return cast(params), cast(grads)
+
+
+def fromage_chain(learning_rate, p_bound):
+    blocks = [
+        fromage_optax.scale_by_fromage(),
+        optax.scale_by_learning_rate(learning_rate),
+        fromage_optax.control_weight_norm(learning_rate),
+    ]
+    if p_bound is not None:
+        blocks.append(fromage_optax.bound_weight_norm(p_bound))
+    return optax.chain(*blocks)
+
+
+def run_and_compare(optimizer, params, grads_per_step, learning_rates, p_bound, tolerance, jit):
+    """Runs the optimiser; each step is compared with the reference from the same W."""
+    initial = {k: np.asarray(v) for k, v in params.items()}
+    state = optimizer.init(params)
+    update = jax.jit(optimizer.update) if jit else optimizer.update
+    worst = 0.0
+    for grads, eta in zip(grads_per_step, learning_rates):
+        updates, state = update(grads, state, params)
+        new_params = optax.apply_updates(params, updates)
+        for k in params:
+            expected = reference_step(params[k], grads[k], eta, p_bound, initial[k])
+            error = relative_error(new_params[k], expected)
+            worst = max(worst, error)
+            assert error <= tolerance, f"{k}: relative error {error:.3g} > {tolerance:.1g}"
+            assert new_params[k].dtype == params[k].dtype
+        params = new_params
+    return worst
+
+
+def make_grads(seed, params, steps, scale=1.0):
+    rng = np.random.default_rng(seed + 1000)
+    return [
+        {
+            k: (rng.normal(size=np.shape(v)) * scale * (0 if k in ("zero_grad", "both_zero") else 1))
+            .astype(np.asarray(v).dtype)
+            for k, v in params.items()
+        }
+        for _ in range(steps)
+    ]
+
+
+@pytest.mark.parametrize(
+    "p_bound, learning_rate, jit",
+    [(None, 0.01, True), (None, 0.3, True), (1.0, 0.01, True), (1.5, 0.3, True), (1.0, 0.3, False)],
+)
+@pytest.mark.parametrize("build", ["fused", "chain"])
+def test_matches_reference_float32(p_bound, learning_rate, build, jit):
+    params, _ = random_problem(seed=0)
+    grads = make_grads(0, params, steps=3)
+    optimizer = (
+        fromage_optax.fromage(learning_rate, p_bound)
+        if build == "fused"
+        else fromage_chain(learning_rate, p_bound)
+    )
+    run_and_compare(optimizer, params, grads, [learning_rate] * 3, p_bound, 1e-6, jit)
+
+
+@pytest.mark.parametrize("p_bound", [None, 1.2])
+@pytest.mark.parametrize("build", ["fused", "chain"])
+def test_matches_reference_with_schedule(p_bound, build):
+    schedule = optax.exponential_decay(0.2, transition_steps=1, decay_rate=0.5)
+    params, _ = random_problem(seed=1)
+    grads = make_grads(1, params, steps=4)
+    optimizer = (
+        fromage_optax.fromage(schedule, p_bound)
+        if build == "fused"
+        else fromage_chain(schedule, p_bound)
+    )
+    rates = [float(schedule(i)) for i in range(4)]
+    run_and_compare(optimizer, params, grads, rates, p_bound, 1e-6, jit=True)
+
+
+@pytest.mark.parametrize("p_bound", [None, 1.3])
+@pytest.mark.parametrize("build", ["fused", "chain"])
+def test_matches_reference_float64(enable_x64, p_bound, build):
+    params, _ = random_problem(seed=2, dtype=np.float64)
+    grads = make_grads(2, params, steps=3)
+    optimizer = (
+        fromage_optax.fromage(0.05, p_bound) if build == "fused" else fromage_chain(0.05, p_bound)
+    )
+    params = jax.tree.map(jnp.asarray, params)
+    assert params["matrix"].dtype == jnp.float64
+    run_and_compare(optimizer, params, grads, [0.05] * 3, p_bound, 1e-12, jit=True)
+
+
+@pytest.mark.parametrize("p_bound", [None, 1.0])
+def test_fused_equals_chain_over_many_steps(p_bound):
+    schedule = optax.cosine_decay_schedule(0.1, decay_steps=10)
+    params, _ = random_problem(seed=3)
+    fused, chain = fromage_optax.fromage(schedule, p_bound), fromage_chain(schedule, p_bound)
+    fused_params, chain_params = params, params
+    fused_state, chain_state = fused.init(params), chain.init(params)
+    for grads in make_grads(3, params, steps=10):
+        u, fused_state = jax.jit(fused.update)(grads, fused_state, fused_params)
+        fused_params = optax.apply_updates(fused_params, u)
+        u, chain_state = jax.jit(chain.update)(grads, chain_state, chain_params)
+        chain_params = optax.apply_updates(chain_params, u)
+    for k in params:
+        assert relative_error(fused_params[k], chain_params[k]) < 1e-5, k
+
+
+def test_zero_initialised_tensor_takes_a_full_step_unlike_optax_fromage():
+    """A zero bias moves by η·g/√(1+η²); optax.fromage's 1e-6 clamp barely moves it."""
+    params = {"kernel": jnp.ones((4, 4)), "bias": jnp.zeros(4)}
+    grads = {"kernel": jnp.full((4, 4), 0.5), "bias": jnp.array([1.0, -2.0, 0.5, 3.0])}
+    eta = 0.01
+    ours, _ = fromage_optax.fromage(eta).update(grads, fromage_optax.fromage(eta).init(params), params)
+    theirs_opt = optax.fromage(eta)
+    theirs, _ = theirs_opt.update(grads, theirs_opt.init(params), params)
+    expected_bias = -eta * np.asarray(grads["bias"]) / np.sqrt(1 + eta**2)
+    np.testing.assert_allclose(ours["bias"], expected_bias, rtol=1e-6)
+    assert np.max(np.abs(theirs["bias"])) < 1e-6 * np.max(np.abs(expected_bias))
+
+
+def test_matches_authors_rule_on_a_hand_computed_step():
+    params = jnp.array([3.0, 4.0])  # ‖W‖ = 5
+    grads = jnp.array([0.0, 2.0])  # ‖g‖ = 2
+    opt = fromage_optax.fromage(0.75)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    # W − 0.75·(5/2)·g = [3, 0.25]; √(1 + 0.5625) = 1.25
+    np.testing.assert_allclose(params + updates, [2.4, 0.2], rtol=1e-6)
+
+
+def test_state_is_small_and_counts_steps():
+    params = {"a": jnp.ones((100, 100)), "b": jnp.ones(10)}
+    state = fromage_optax.fromage(0.1).init(params)
+    assert isinstance(state, fromage_optax.FromageState)
+    assert state.initial_norms is None
+    bounded = fromage_optax.fromage(0.1, p_bound=2.0).init(params)
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(bounded))
+    assert state_bytes <= 4 + 16 * 2  # count + one float32 per tensor
+    np.testing.assert_allclose(bounded.initial_norms["a"].reshape(()), 100.0, rtol=1e-6)
+    _, state = fromage_optax.fromage(0.1).update(params, state, params)
+    assert int(state.count) == 1
