@@ -1,0 +1,168 @@
+"""jit + NamedSharding on 8 CPU devices: a sharded Fromage step equals the one-device step.
+
+Run by tests/test_sharding.py as `python spmd_check.py RESULTS.json`. For an FSDP layout (every
+leaf split over `data`) and a 2-D `data x model` layout, and for `fromage`, `fromage` with
+p_bound and the equivalent chain, it records the max |sharded - unsharded| of the new params,
+whether every output keeps its input sharding, and every collective in the compiled HLO.
+"""
+
+from __future__ import annotations
+
+import common  # sets XLA_FLAGS before jax is imported
+import jax  # noqa: I001
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import fromage_optax
+from fromage_optax._layer_axes import scanned_layer_axes
+
+LEARNING_RATE = 0.1
+P_BOUND = 1.0
+LAYERS = 4
+
+
+def make_params_and_grads():
+    """Params with a zero bias, same-shaped small kernels, one big kernel and a scanned stack.
+
+    Gradients are noise plus ±3·W, so some tensors grow (and hit p_bound) and some shrink.
+    """
+    shapes = {
+        "big": {"kernel": (512, 256)},
+        "dense1": {"kernel": (64, 32), "bias": (32,)},
+        "dense2": {"kernel": (32, 32), "bias": (32,)},
+        "dense3": {"kernel": (32, 32), "bias": (32,)},
+        "blocks": {"kernel": (LAYERS, 32, 32), "bias": (LAYERS, 32)},
+    }
+    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    rng = np.random.default_rng(0)
+    params = [(rng.standard_normal(s) / np.sqrt(s[-1])).astype(np.float32) for s in leaves]
+    params[leaves.index((32,))] *= 0  # dense1's bias: the zero-norm rule
+    grads = [
+        (0.1 * rng.standard_normal(w.shape) + (-3.0, 3.0)[i % 2] * w).astype(np.float32)
+        for i, w in enumerate(params)
+    ]
+    params = jax.tree.unflatten(treedef, [jnp.asarray(w) for w in params])
+    grads = jax.tree.unflatten(treedef, [jnp.asarray(g) for g in grads])
+    return params, grads
+
+
+def fsdp_specs(params):
+    """Every leaf split over `data` along its first non-layer axis."""
+    specs = jax.tree.map(lambda w: P("data"), params)
+    specs["blocks"] = {"kernel": P(None, "data"), "bias": P(None, "data")}
+    return specs
+
+
+def data_model_specs(params):
+    """Kernels split over data x model, biases over model; the stack's layer axis over data."""
+    specs = jax.tree.map(lambda w: P("data", "model") if w.ndim == 2 else P("model"), params)
+    specs["blocks"] = {"kernel": P("data", None, "model"), "bias": P("data", "model")}
+    return specs
+
+
+def optimisers(layer_axes):
+    return {
+        "fromage": fromage_optax.fromage(LEARNING_RATE, layer_axes=layer_axes),
+        "fromage_p_bound": fromage_optax.fromage(
+            LEARNING_RATE, p_bound=P_BOUND, layer_axes=layer_axes
+        ),
+        "chain_p_bound": optax.chain(
+            fromage_optax.scale_by_fromage(layer_axes=layer_axes),
+            optax.scale_by_learning_rate(LEARNING_RATE),
+            fromage_optax.control_weight_norm(LEARNING_RATE),
+            fromage_optax.bound_weight_norm(P_BOUND, layer_axes=layer_axes),
+        ),
+    }
+
+
+def step_function(optimiser):
+    def step(params, grads, state):
+        updates, state = optimiser.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+def leaf_layer_axes(layer_axes):
+    return jax.tree.leaves(layer_axes, is_leaf=lambda x: x is None)
+
+
+def norm_slices(params, layer_axes):
+    """How many separate norms the params have (one per tensor, or per layer slice)."""
+    return sum(
+        1 if axis is None else w.shape[axis]
+        for w, axis in zip(jax.tree.leaves(params), leaf_layer_axes(layer_axes), strict=True)
+    )
+
+
+def bound_active_slices(new_params, initial_norms, layer_axes):
+    """How many tensors (layer slices) were scaled back to exactly p_bound·‖W₀‖."""
+    count = 0
+    for w, n0, axis in zip(
+        jax.tree.leaves(new_params),
+        jax.tree.leaves(initial_norms),
+        leaf_layer_axes(layer_axes),
+        strict=True,
+    ):
+        w = np.asarray(w, np.float64)
+        reduce = tuple(a for a in range(w.ndim) if a != axis)
+        norms = np.sqrt(np.sum(w * w, axis=reduce, keepdims=True))
+        count += int(np.sum(np.isclose(norms, P_BOUND * np.asarray(n0), rtol=1e-5, atol=0)))
+    return count
+
+
+def main():
+    params, grads = make_params_and_grads()
+    layer_axes = scanned_layer_axes(params, "blocks")
+    meshes = {
+        "fsdp": (jax.make_mesh((8,), ("data",)), fsdp_specs(params)),
+        "data_x_model": (jax.make_mesh((4, 2), ("data", "model")), data_model_specs(params)),
+    }
+    results = {"norm_slices": norm_slices(params, layer_axes), "runs": []}
+    # A control for the HLO scan: gathering one FSDP-sharded kernel onto every device.
+    mesh, specs = meshes["fsdp"]
+    kernel = jax.device_put(params["big"]["kernel"], NamedSharding(mesh, specs["big"]["kernel"]))
+    gather = jax.jit(lambda w: w + 1, out_shardings=NamedSharding(mesh, P()))
+    results["gather_control"] = common.collectives(gather.lower(kernel).compile().as_text())
+    for name, optimiser in optimisers(layer_axes).items():
+        step = step_function(optimiser)
+        reference_state = jax.jit(optimiser.init)(params)
+        reference_params, reference_state = jax.jit(step)(params, grads, reference_state)
+        for layout, (mesh, specs) in meshes.items():
+            if name == "chain_p_bound" and layout != "fsdp":
+                continue  # the chain shares its norm code with fromage: one layout is enough
+            shardings = jax.tree.map(lambda s, mesh=mesh: NamedSharding(mesh, s), specs)
+            sharded_params = jax.device_put(params, shardings)
+            sharded_grads = jax.device_put(grads, shardings)
+            state = jax.jit(optimiser.init)(sharded_params)
+            compiled = jax.jit(step).lower(sharded_params, sharded_grads, state).compile()
+            new_params, new_state = compiled(sharded_params, sharded_grads, state)
+            keeps_sharding = jax.tree.leaves(
+                jax.tree.map(
+                    lambda new, old: new.sharding.is_equivalent_to(old.sharding, old.ndim),
+                    new_params,
+                    sharded_params,
+                )
+            )
+            run = {
+                "optimiser": name,
+                "layout": layout,
+                "max_abs_difference": common.max_abs_difference(new_params, reference_params),
+                "state_max_abs_difference": common.max_abs_difference(new_state, reference_state),
+                "keeps_input_sharding": all(keeps_sharding),
+                "output_specs": jax.tree.map(lambda w: str(w.sharding.spec), new_params),
+                "collectives": common.collectives(compiled.as_text()),
+            }
+            if name == "fromage_p_bound":
+                run["bound_active_slices"] = bound_active_slices(
+                    new_params, new_state.initial_norms, layer_axes
+                )
+            results["runs"].append(run)
+    common.write_results(results)
+
+
+if __name__ == "__main__":
+    main()
