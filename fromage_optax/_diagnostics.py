@@ -200,6 +200,16 @@ def log_deep_relative_trust(
 
     Returns:
       A float32 scalar ≥ 0.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import fromage_optax
+      >>> params, updates = jnp.ones((1000, 4)), jnp.ones((1000, 4))  # 1000 layers, r = 1
+      >>> print(fromage_optax.deep_relative_trust(updates, params, layer_axes=0))
+      inf
+      >>> log_trust = fromage_optax.log_deep_relative_trust(updates, params, layer_axes=0)
+      >>> print(round(float(log_trust), 2))
+      693.15
     """
     name = "log_deep_relative_trust"
     _leaf_options.check_axis_name_arg(axis_name, name)
@@ -275,6 +285,11 @@ def monitor_relative_trust(
     relative trust ∏(1 + ratio) − 1 — arrays that a jitted train step can
     return as metrics without host callbacks (see ``relative_trust_metrics``).
     Works after any optimiser.
+
+    A tensor that starts at zero (a bias) has ratio ``inf`` on its first
+    non-zero update, which makes that step's max, mean and deep relative trust
+    ``inf``; to follow the weight matrices only, pass
+    ``mask=lambda params: jax.tree.map(lambda w: w.ndim >= 2, params)``.
 
     Args:
       mask: which tensors count towards the max, mean and deep relative trust
