@@ -33,7 +33,7 @@ def max_abs_difference(tree_a, tree_b) -> float:
     )
 
 
-def write_results(results: dict) -> None:
-    """Writes `results` as JSON to the path given as the script's first argument."""
-    with open(sys.argv[1], "w") as file:
+def write_results(results: dict, path=None) -> None:
+    """Writes `results` as JSON to `path`, by default the script's first argument."""
+    with open(sys.argv[1] if path is None else path, "w") as file:
         json.dump(results, file, indent=1)
