@@ -72,9 +72,9 @@ def test_jit_sharded_step_equals_one_device_step(spmd_results):
     runs = spmd_results["runs"]
     assert {(r["optimiser"], r["layout"]) for r in runs} >= {
         ("fromage", "fsdp"),
-        ("fromage", "data_x_model"),
         ("fromage_p_bound", "fsdp"),
         ("fromage_p_bound", "data_x_model"),
+        ("fromage_p_bound", "data_x_model_explicit"),
         ("chain_p_bound", "fsdp"),
     }
     for run in runs:
@@ -84,6 +84,9 @@ def test_jit_sharded_step_equals_one_device_step(spmd_results):
         assert run["state_max_abs_difference"] <= 1e-5, label
         if run["optimiser"] == "fromage_p_bound":
             assert run["bound_active_slices"] > 0, f"{label}: p_bound never binds, test is weak"
+            # Overflowing / underflowing squares: the rescaling fallback, same step.
+            assert run["gradients_x_1e+25_max_abs_difference"] <= SHARDED_TOLERANCE, label
+            assert run["gradients_x_1e-25_max_abs_difference"] <= SHARDED_TOLERANCE, label
 
 
 def test_jit_sharded_step_keeps_input_shardings(spmd_results):
@@ -115,6 +118,8 @@ def shard_map_results(tmp_path_factory):
     "case",
     [
         "fromage_p_bound data=8, prefix axis_name",
+        "fromage_p_bound data=8, gradients x 1e+25",
+        "fromage_p_bound data=8, gradients x 1e-25",
         "chain_p_bound data=4 x model=2, tuple axis_name",
         "pmap fromage_p_bound",
     ],

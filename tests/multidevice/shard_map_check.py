@@ -68,7 +68,6 @@ def unsharded_step(make_optimiser, params, grads, layer_axes):
 def shard_map_step(
     make_optimiser,
     params,
-    grads,
     layer_axes,
     axis_name,
     mesh,
@@ -76,7 +75,7 @@ def shard_map_step(
     check_vma=True,
     sharded_layers=(),
 ):
-    """Init and one step inside shard_map.
+    """A jitted `grads -> (new params, state)`: init and one step from `params` in shard_map.
 
     The optimiser state is replicated (P()) except the initial norms of the leaves named in
     `sharded_layers`, whose layer axis (axis 0) is split over `data`. With `check_vma`,
@@ -104,7 +103,9 @@ def shard_map_step(
         check_vma=check_vma,
     )
     shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
-    return jax.jit(mapped)(jax.device_put(params, shardings), jax.device_put(grads, shardings))
+    sharded_params = jax.device_put(params, shardings)
+    jitted = jax.jit(mapped)
+    return lambda grads: jitted(sharded_params, jax.device_put(grads, shardings))
 
 
 def pmap_step(params, grads, layer_axes):
@@ -137,6 +138,15 @@ def pmap_step(params, grads, layer_axes):
     return join(new_shards), jax.tree.map(lambda x: x[0], state)
 
 
+def scaled(tree, scale):
+    return jax.tree.map(lambda x: x * jnp.float32(scale), tree)
+
+
+def without_zero_bias(tree):
+    """The params without `zero_bias`, whose plain −η·g step is not scale-invariant."""
+    return {key: value for key, value in tree.items() if key != "zero_bias"}
+
+
 def main():
     params, grads = make_params_and_grads()
     layer_axes = scanned_layer_axes(params, "blocks")
@@ -146,12 +156,23 @@ def main():
     specs = {"w": P("data"), "zero_bias": P("data"), "b": P(), "blocks": P(None, "data")}
     axis_name = {"w": "data", "zero_bias": "data", "b": None, "blocks": "data"}
     reference = unsharded_step(fromage_p_bound, params, grads, layer_axes)
-    sharded = shard_map_step(fromage_p_bound, params, grads, layer_axes, axis_name, mesh, specs)
-    cases.append(("fromage_p_bound data=8, prefix axis_name", reference, sharded))
+    step = shard_map_step(fromage_p_bound, params, layer_axes, axis_name, mesh, specs)
+    cases.append(("fromage_p_bound data=8, prefix axis_name", reference, step(grads)))
+    # Squares of these gradients overflow (1e25) or underflow (1e-25) in float32, so the norms
+    # come from the rescaling fallback, with its pmax and psum over devices.
+    for scale in (1e25, 1e-25):
+        new_params, new_state = step(scaled(grads, scale))
+        cases.append(
+            (
+                f"fromage_p_bound data=8, gradients x {scale:g}",
+                (without_zero_bias(reference[0]), reference[1]),
+                (without_zero_bias(new_params), new_state),
+            )
+        )
     per_shard_norms = shard_map_step(
-        fromage_p_bound, params, grads, layer_axes, None, mesh, specs, check_vma=False
+        fromage_p_bound, params, layer_axes, None, mesh, specs, check_vma=False
     )
-    cases.append(("control: no axis_name", reference, per_shard_norms))
+    cases.append(("control: no axis_name", reference, per_shard_norms(grads)))
 
     # 2-D: `w` is split over both mesh axes; the stack's layer axis is split over `data`, so
     # only `model` (which splits each layer) may be summed over for it.
@@ -164,10 +185,10 @@ def main():
     }
     axis_name = {"w": ("data", "model"), "zero_bias": "model", "b": None, "blocks": "model"}
     chain_reference = unsharded_step(chain_p_bound, params, grads, layer_axes)
-    sharded = shard_map_step(
-        chain_p_bound, params, grads, layer_axes, axis_name, mesh, specs, sharded_layers=("blocks",)
+    step = shard_map_step(
+        chain_p_bound, params, layer_axes, axis_name, mesh, specs, sharded_layers=("blocks",)
     )
-    cases.append(("chain_p_bound data=4 x model=2, tuple axis_name", chain_reference, sharded))
+    cases.append(("chain_p_bound data=4 x model=2, tuple axis_name", chain_reference, step(grads)))
     cases.append(("pmap fromage_p_bound", reference, pmap_step(params, grads, layer_axes)))
 
     results = {"cases": []}
@@ -177,7 +198,9 @@ def main():
                 "case": name,
                 "max_abs_difference": common.max_abs_difference(new_params, reference_params),
                 "state_max_abs_difference": common.max_abs_difference(new_state, reference_state),
-                "max_abs_param_change": common.max_abs_difference(reference_params, params),
+                "max_abs_param_change": common.max_abs_difference(
+                    reference_params, {key: params[key] for key in reference_params}
+                ),
             }
         )
     common.write_results(results)

@@ -78,6 +78,11 @@ def optimisers(layer_axes):
     }
 
 
+def without_zero_bias(params):
+    """The params without dense1's zero bias, whose plain −η·g step scales with g."""
+    return {**params, "dense1": {"kernel": params["dense1"]["kernel"]}}
+
+
 def step_function(optimiser):
     def step(params, grads, state):
         updates, state = optimiser.update(grads, state, params)
@@ -117,13 +122,28 @@ def bound_active_slices(new_params, initial_norms, layer_axes):
 def main():
     params, grads = make_params_and_grads()
     layer_axes = scanned_layer_axes(params, "blocks")
-    meshes = {
-        "fsdp": (jax.make_mesh((8,), ("data",)), fsdp_specs(params)),
-        "data_x_model": (jax.make_mesh((4, 2), ("data", "model")), data_model_specs(params)),
+    auto, explicit = jax.sharding.AxisType.Auto, jax.sharding.AxisType.Explicit
+    # Auto: classic jit + NamedSharding, XLA propagates shardings; Explicit (jax.make_mesh's
+    # default in recent jax): shardings are part of the types and jax inserts the reductions.
+    layouts = {
+        "fsdp": (jax.make_mesh((8,), ("data",), (auto,)), fsdp_specs(params)),
+        "data_x_model": (
+            jax.make_mesh((4, 2), ("data", "model"), (auto, auto)),
+            data_model_specs(params),
+        ),
+        "data_x_model_explicit": (
+            jax.make_mesh((4, 2), ("data", "model"), (explicit, explicit)),
+            data_model_specs(params),
+        ),
+    }
+    runs = {
+        "fromage": ["fsdp"],
+        "fromage_p_bound": list(layouts),
+        "chain_p_bound": ["fsdp"],
     }
     results = {"norm_slices": norm_slices(params, layer_axes), "runs": []}
     # A control for the HLO scan: gathering one FSDP-sharded kernel onto every device.
-    mesh, specs = meshes["fsdp"]
+    mesh, specs = layouts["fsdp"]
     kernel = jax.device_put(params["big"]["kernel"], NamedSharding(mesh, specs["big"]["kernel"]))
     gather = jax.jit(lambda w: w + 1, out_shardings=NamedSharding(mesh, P()))
     results["gather_control"] = common.collectives(gather.lower(kernel).compile().as_text())
@@ -131,9 +151,8 @@ def main():
         step = step_function(optimiser)
         reference_state = jax.jit(optimiser.init)(params)
         reference_params, reference_state = jax.jit(step)(params, grads, reference_state)
-        for layout, (mesh, specs) in meshes.items():
-            if name == "chain_p_bound" and layout != "fsdp":
-                continue  # the chain shares its norm code with fromage: one layout is enough
+        for layout in runs[name]:
+            mesh, specs = layouts[layout]
             shardings = jax.tree.map(lambda s, mesh=mesh: NamedSharding(mesh, s), specs)
             sharded_params = jax.device_put(params, shardings)
             sharded_grads = jax.device_put(grads, shardings)
@@ -160,6 +179,17 @@ def main():
                 run["bound_active_slices"] = bound_active_slices(
                     new_params, new_state.initial_norms, layer_axes
                 )
+                # Same program, gradients whose squares overflow / underflow float32: the
+                # norms come from the rescaling fallback (pmax and psum across devices).
+                # dense1's bias is zero, so its plain −η·g step scales with g: left out.
+                for scale in (1e25, 1e-25):
+                    scaled_grads = jax.tree.map(
+                        lambda g, s=scale: g * jnp.float32(s), sharded_grads
+                    )
+                    scaled_params, _ = compiled(sharded_params, scaled_grads, state)
+                    run[f"gradients_x_{scale:g}_max_abs_difference"] = common.max_abs_difference(
+                        without_zero_bias(scaled_params), without_zero_bias(reference_params)
+                    )
             results["runs"].append(run)
     common.write_results(results)
 
