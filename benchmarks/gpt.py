@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -212,8 +213,15 @@ def init_gpt_params(config: GPTConfig, rng: jax.Array) -> dict:
     Wrap in ``jax.eval_shape(lambda: init_gpt_params(config, rng))`` for the
     shapes without allocating anything.
     """
-    tokens = jnp.zeros((1, config.context_length), jnp.int32)
-    return GPT(config).init(rng, tokens)["params"]
+    return _jitted_init(config)(rng)["params"]
+
+
+@functools.cache
+def _jitted_init(config: GPTConfig):
+    # One compiled initialiser per config: eager Linen init dispatches (and
+    # compiles) every initialiser op separately, which is slow on a CPU.
+    tokens = jax.ShapeDtypeStruct((1, config.context_length), jnp.int32)
+    return jax.jit(lambda rng: GPT(config).init(rng, jnp.zeros(tokens.shape, tokens.dtype)))
 
 
 def parameter_count(params: Any) -> int:

@@ -1,0 +1,135 @@
+"""Tests for benchmarks/transformer.py: the quick preset end to end, resume, grids, masks."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from benchmarks import gpt, transformer
+
+RUN_FIELDS = {
+    "best_validation_loss",
+    "best_validation_perplexity",
+    "final_validation_loss",
+    "final_train_loss",
+    "final_validation_perplexity",
+    "final_train_perplexity",
+    "wall_time_s",
+    "tokens_per_s",
+    "history",
+}
+
+
+@pytest.mark.slow
+def test_quick_preset_end_to_end(tmp_path, capsys):
+    summary = transformer.main(["--preset", "quick", "--out", str(tmp_path), "--no-progress"])
+    results = json.loads((tmp_path / "transformer.json").read_text())
+    assert (tmp_path / "transformer.png").stat().st_size > 1000
+    preset = transformer.PRESETS["quick"]
+    assert len(results["runs"]) == len(transformer.grid(preset, transformer.OPTIMIZER_NAMES))
+    assert {r["optimizer"] for r in results["runs"]} == set(transformer.OPTIMIZER_NAMES)
+    assert results["parameters"] == gpt.gpt_parameter_count(gpt.gpt_config("quick"))
+    assert results["data"]["name"] == "pydoc_data.topics"
+    initial_loss = math.log(256)
+    for run in results["runs"]:
+        assert RUN_FIELDS <= set(run)
+        history = run["history"]
+        assert history["step"] == [0, 6, 12]
+        assert len(history["validation_loss"]) == len(history["train_loss"]) == 3
+        # At init the model predicts nearly uniform bytes; every optimiser then lowers the loss.
+        assert abs(history["validation_loss"][0] - initial_loss) < 0.25
+        assert run["final_train_loss"] < history["train_loss"][0]
+        assert run["best_validation_loss"] == min(history["validation_loss"])
+        assert run["best_validation_perplexity"] == pytest.approx(
+            math.exp(run["best_validation_loss"])
+        )
+        assert run["tokens_per_s"] > 0 and run["wall_time_s"] > 0
+        assert history["max_relative_update_norm"][0] is None
+        assert all(x > 0 for x in history["max_relative_update_norm"][1:])
+        if run["optimizer"] == "fromage":
+            # Fromage moves every weight matrix by about η = lr relative to its norm.
+            assert history["max_relative_update_norm"][-1] == pytest.approx(
+                run["learning_rate"], rel=0.05
+            )
+    assert [r["optimizer"] for r in results["best"]] == list(transformer.OPTIMIZER_NAMES)
+    assert summary["fromage_minus_adamw_best_validation_loss"] == pytest.approx(
+        results["best"][0]["best_validation_loss"] - results["best"][1]["best_validation_loss"]
+    )
+    printed = capsys.readouterr().out
+    assert "| optimizer |" in printed and "fromage_optax.fromage" in printed
+
+
+@pytest.mark.slow
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
+    """--scan-layers, --data and Orbax resume: 8 steps in one go = 4 steps, stop, resume."""
+    text_file = tmp_path / "text.txt"
+    text_file.write_text("".join(f"{i} squared is {i * i}.\n" for i in range(400)))
+    common = ["--preset", "quick", "--optimizers", "fromage", "--scan-layers", "--no-progress"]
+    common += ["--data", str(text_file), "--checkpoint-every", "4"]
+    straight = transformer.main(common + ["--steps", "8", "--out", str(tmp_path / "straight")])
+    transformer.main(common + ["--steps", "4", "--out", str(tmp_path / "resumed")])
+    resumed = transformer.main(
+        common + ["--steps", "8", "--resume", "--out", str(tmp_path / "resumed")]
+    )
+    assert straight["model"]["scan_layers"] and straight["data"]["name"] == str(text_file)
+    expected, got = straight["runs"][0], resumed["runs"][0]
+    assert got["history"]["step"] == [0, 4, 6, 8]
+    assert expected["history"]["step"] == [0, 6, 8]
+    np.testing.assert_allclose(got["final_validation_loss"], expected["final_validation_loss"])
+    np.testing.assert_allclose(got["final_train_loss"], expected["final_train_loss"])
+    assert got["final_validation_loss"] < got["history"]["validation_loss"][0]
+    assert (tmp_path / "resumed" / "checkpoints" / "fromage_lr0.01_p1" / "8").is_dir()
+
+
+def test_grid_covers_every_setting():
+    preset = transformer.PRESETS["cpu"]
+    runs = transformer.grid(preset, transformer.OPTIMIZER_NAMES)
+    fromage = {(r.learning_rate, r.p_bound) for r in runs if r.optimizer == "fromage"}
+    assert fromage == {(lr, p) for lr in (0.01, 0.003) for p in (None, 1.0, 2.0)}
+    assert sorted(r.learning_rate for r in runs if r.optimizer == "adamw") == [3e-4, 1e-3, 3e-3]
+    assert len({r.name for r in runs}) == len(runs)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        transformer.grid(preset, ["lion"])
+
+
+def test_cpu_preset_is_nanogpt_cpu_training():
+    preset = transformer.PRESETS["cpu"]
+    assert (preset.steps, preset.batch_size) == (2000, 12)
+    assert gpt.gpt_config(preset.model).context_length == 64
+    assert gpt.gpt_parameter_count(gpt.gpt_config(transformer.PRESETS["gpu"].model)) >= 1e8
+
+
+def test_matrix_mask_selects_weights_only():
+    params = jax.eval_shape(
+        lambda: gpt.init_gpt_params(gpt.gpt_config("quick", scan_layers=True), jax.random.key(0))
+    )
+    mask = transformer.matrix_mask(params)
+    selected = {
+        jax.tree_util.keystr(path)
+        for path, chosen in jax.tree_util.tree_leaves_with_path(mask)
+        if chosen
+    }
+    assert "['token_embedding']['embedding']" in selected
+    assert "['position_embedding']" in selected
+    assert any("['mlp_in']['kernel']" in p for p in selected)
+    assert not any("bias" in p or "scale" in p for p in selected)
+
+
+def test_best_per_optimizer_skips_diverged_runs():
+    def result(optimizer, loss):
+        return {"optimizer": optimizer, "best_validation_loss": loss}
+
+    results = [result("adamw", math.nan), result("adamw", 2.0), result("adamw", 1.5)]
+    results += [result("fromage", 1.7)]
+    best = transformer.best_per_optimizer(results)
+    assert [(r["optimizer"], r["best_validation_loss"]) for r in best] == [
+        ("fromage", 1.7),
+        ("adamw", 1.5),
+    ]
+
+
+def test_data_and_data_dir_are_exclusive(tmp_path):
+    with pytest.raises(SystemExit):
+        transformer.main(["--data", "a.txt", "--data-dir", str(tmp_path)])
