@@ -314,3 +314,42 @@ def test_scanned_layer_axes_marks_only_the_named_stack():
     assert two_stacks["layers_head"]["kernel"] == (0,)
     with pytest.raises(ValueError, match="no parameter lies under a key named"):
         scanned_layer_axes(params, "Layers")
+
+
+def test_nested_stacks_with_tuple_layer_axes():
+    """A (2, 3, ...) stack, e.g. nn.scan inside nn.scan: layer_axes=(0, 1) is 6 layers."""
+    rng = np.random.default_rng(3)
+    kernels = jnp.asarray(rng.standard_normal((2, 3, WIDTH, WIDTH)), jnp.float32)
+    kernels = kernels * jnp.arange(1.0, 7.0).reshape(2, 3, 1, 1)
+    grads = 0.5 * jnp.asarray(rng.standard_normal(kernels.shape), jnp.float32) - kernels
+    optimiser = fromage_optax.fromage(LEARNING_RATE, p_bound=1.0, layer_axes=(0, 1))
+    stacked = jax.jit(functools.partial(one_step, optimiser))(kernels, grads)
+    single = fromage_optax.fromage(LEARNING_RATE, p_bound=1.0)
+    separate = jax.jit(jax.vmap(jax.vmap(functools.partial(one_step, single))))(kernels, grads)
+    assert max_abs_difference(stacked, separate) <= TOLERANCE
+    negative = fromage_optax.fromage(LEARNING_RATE, p_bound=1.0, layer_axes=(-4, -3))
+    assert max_abs_difference(one_step(negative, kernels, grads), stacked) <= TOLERANCE
+    one_axis = fromage_optax.fromage(LEARNING_RATE, p_bound=1.0, layer_axes=0)
+    assert max_abs_difference(one_step(one_axis, kernels, grads), separate) > 1e-2
+
+
+def test_helper_as_callable_under_optax_masked():
+    """optax.masked hands the transform a params tree with MaskedNode leaves; the callable
+    form rebuilds layer_axes for that tree."""
+    params, grads = synthetic_params_and_grads(seed=4)
+    mask = {"layers": True, "head": jax.tree.map(lambda _: False, params["head"])}
+    layer_axes = functools.partial(scanned_layer_axes, module_name="layers")
+    optimiser = optax.masked(
+        fromage_optax.fromage(LEARNING_RATE, p_bound=1.0, layer_axes=layer_axes), mask
+    )
+    stacked = jax.jit(functools.partial(one_step, optimiser))(params, grads)
+    separate = one_step(
+        fromage_optax.fromage(LEARNING_RATE, p_bound=1.0), unstack(params), unstack(grads)
+    )
+    for i in range(LAYERS):
+        layer = f"layers_{i}"
+        assert max_abs_difference(unstack(stacked)[layer], separate[layer]) <= TOLERANCE
+    # optax.masked passes the masked-out head's gradient through as its update.
+    np.testing.assert_array_equal(
+        stacked["head"]["kernel"], params["head"]["kernel"] + grads["head"]["kernel"]
+    )
