@@ -80,6 +80,30 @@ class _Group(NamedTuple):
     stacked: bool
 
 
+def _layout_key(x, position: int):
+    """What two tensors must share to be stacked without moving data between devices.
+
+    Under a mesh with Explicit axes the layout is part of the type: tensors with
+    the same PartitionSpec stack in place (others would not even type-check).
+    Under Auto axes of size > 1 (classic jit + NamedSharding) the layout is not
+    known while tracing, and stacking differently laid out tensors would make XLA
+    reshard one of them, so such tensors are not stacked. Without a mesh, or on
+    the local shards inside shard_map, any tensors stack.
+    """
+    typeof = getattr(jax, "typeof", None)  # jax >= 0.6
+    try:
+        sharding = getattr(typeof(x), "sharding", None) if typeof is not None else None
+    except TypeError:
+        return None
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or getattr(mesh, "empty", True):
+        return None
+    auto_axes = set(getattr(mesh, "auto_axes", ()))
+    if any(size > 1 for name, size in mesh.shape.items() if name in auto_axes):
+        return ("not stacked", position)
+    return sharding.spec
+
+
 def _make_groups(
     tensors: Sequence[jax.Array],
     partners: Sequence[jax.Array] | None,
@@ -96,6 +120,8 @@ def _make_groups(
                 None if partners is None else partners[i].dtype,
                 layer_axes[i],
                 axis_names[i],
+                _layout_key(x, i),
+                None if partners is None else _layout_key(partners[i], i),
             )
             buckets.setdefault(key, []).append(i)
         else:
