@@ -68,44 +68,59 @@ def test_gathering_a_sharded_kernel_shows_in_the_hlo(spmd_results):
     assert gathers and max(c["bytes"] for c in gathers) >= 512 * 256 * 4
 
 
-def test_jit_sharded_step_equals_one_device_step(spmd_results):
-    runs = spmd_results["runs"]
-    assert {(r["optimiser"], r["layout"]) for r in runs} >= {
-        ("fromage", "fsdp"),
-        ("fromage_p_bound", "fsdp"),
-        ("fromage_p_bound", "data_x_model"),
-        ("fromage_p_bound", "data_x_model_explicit"),
-        ("chain_p_bound", "fsdp"),
-    }
-    for run in runs:
-        label = f"{run['optimiser']} on {run['layout']}"
-        assert run["max_abs_difference"] <= SHARDED_TOLERANCE, label
-        # The state holds ‖W₀‖ (~1 to 20) with p_bound, the step count otherwise.
-        assert run["state_max_abs_difference"] <= 1e-5, label
-        if run["optimiser"] == "fromage_p_bound":
-            assert run["bound_active_slices"] > 0, f"{label}: p_bound never binds, test is weak"
-            # Overflowing / underflowing squares: the rescaling fallback, same step.
-            assert run["gradients_x_1e+25_max_abs_difference"] <= SHARDED_TOLERANCE, label
-            assert run["gradients_x_1e-25_max_abs_difference"] <= SHARDED_TOLERANCE, label
+SHARDED_RUNS = [
+    ("fromage", "fsdp"),
+    ("fromage_p_bound", "fsdp"),
+    ("fromage_p_bound", "data_x_model"),
+    ("fromage_p_bound", "tensor_parallel"),
+    ("fromage_p_bound", "tensor_parallel_explicit"),
+    ("chain_p_bound", "fsdp"),
+]
 
 
-def test_jit_sharded_step_keeps_input_shardings(spmd_results):
-    for run in spmd_results["runs"]:
-        assert run["keeps_input_sharding"], (run["optimiser"], run["layout"], run["output_specs"])
-        # Not trivially replicated: the big kernel stays split.
-        assert "data" in run["output_specs"]["big"]["kernel"]
+def sharded_run(spmd_results, optimiser, layout):
+    runs = [r for r in spmd_results["runs"] if (r["optimiser"], r["layout"]) == (optimiser, layout)]
+    assert len(runs) == 1, f"no run of {optimiser} on {layout}"
+    assert "error" not in runs[0], runs[0]["error"]
+    return runs[0]
 
 
-def test_jit_sharded_step_only_all_reduces_norms(spmd_results):
-    """No all-gather (or other data movement) of params: only all-reduces of norm-sized sums."""
+@pytest.mark.parametrize("optimiser, layout", SHARDED_RUNS)
+def test_jit_sharded_step_equals_one_device_step(spmd_results, optimiser, layout):
+    run = sharded_run(spmd_results, optimiser, layout)
+    assert run["max_abs_difference"] <= SHARDED_TOLERANCE
+    # The state holds ‖W₀‖ (~1 to 20) with p_bound, the step count otherwise.
+    assert run["state_max_abs_difference"] <= 1e-5
+    # Overflowing / underflowing squares: the rescaling fallback, same step.
+    assert run["gradients_x_1e+25_max_abs_difference"] <= SHARDED_TOLERANCE
+    assert run["gradients_x_1e-25_max_abs_difference"] <= SHARDED_TOLERANCE
+    if optimiser == "fromage_p_bound":
+        assert run["bound_active_slices"] > 0, "p_bound never binds: the test would be weak"
+
+
+@pytest.mark.parametrize("optimiser, layout", SHARDED_RUNS)
+def test_jit_sharded_step_keeps_input_shardings(spmd_results, optimiser, layout):
+    run = sharded_run(spmd_results, optimiser, layout)
+    assert run["keeps_input_sharding"], run["output_specs"]
+    # Not trivially replicated: the big kernel stays split.
+    big_kernel_spec = run["output_specs"]["big"]["kernel"]
+    assert "'data'" in big_kernel_spec or "'model'" in big_kernel_spec, big_kernel_spec
+
+
+@pytest.mark.parametrize("optimiser, layout", SHARDED_RUNS)
+def test_jit_sharded_step_only_all_reduces_norms(spmd_results, optimiser, layout):
+    """No all-gather (or other data movement) of params: only all-reduces of norm-sized sums.
+
+    The scan covers both branches of the overflow fallback's lax.cond, so a fallback that
+    gathers tensors fails here even though it runs only for extreme gradients.
+    """
+    run = sharded_run(spmd_results, optimiser, layout)
     # Per norm slice at most ‖W‖², ‖g‖², ⟨W, g⟩ and, in the overflow fallback, two max-abs values
     # and the three sums again: 8 floats, plus the fallback's boolean predicates.
     budget = 8 * 4 * spmd_results["norm_slices"] + 64
-    for run in spmd_results["runs"]:
-        label = f"{run['optimiser']} on {run['layout']}"
-        ops = {c["op"] for c in run["collectives"]}
-        assert ops == {"all-reduce"}, f"{label}: {ops}"
-        assert sum(c["bytes"] for c in run["collectives"]) <= budget, label
+    moving = [c for c in run["collectives"] if c["op"] != "all-reduce"]
+    assert not moving, moving[:5]
+    assert sum(c["bytes"] for c in run["collectives"]) <= budget, run["collectives"]
 
 
 @pytest.fixture(scope="module")
