@@ -596,6 +596,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="computation dtype")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="Orbax checkpoint period")
     parser.add_argument("--resume", action="store_true", help="continue runs from checkpoints")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        help="only these runs of the grid, by name (e.g. fromage_lr0.01_p1 adamw_lr0.001)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -631,6 +636,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out = Path(args.out)
 
     runs = grid(preset, args.optimizers)
+    if args.runs:
+        unknown = set(args.runs) - {run.name for run in runs}
+        if unknown:
+            parser.error(f"--runs: {sorted(unknown)} are not in the grid {[r.name for r in runs]}")
+        runs = [run for run in runs if run.name in args.runs]
     results = []
     for run in runs:
         results.append(

@@ -133,3 +133,28 @@ def test_best_per_optimizer_skips_diverged_runs():
 def test_data_and_data_dir_are_exclusive(tmp_path):
     with pytest.raises(SystemExit):
         transformer.main(["--data", "a.txt", "--data-dir", str(tmp_path)])
+
+
+def test_unknown_run_name_rejected(capsys):
+    with pytest.raises(SystemExit):
+        transformer.main(["--preset", "quick", "--runs", "fromage_lr9"])
+    assert "not in the grid" in capsys.readouterr().err
+
+
+def test_cosine_fromage_runs_are_named_and_scheduled():
+    preset = transformer.dataclasses.replace(
+        transformer.PRESETS["quick"], fromage_schedules=("constant", "cosine")
+    )
+    names = [r.name for r in transformer.grid(preset, ["fromage"])]
+    assert names == ["fromage_lr0.01_p1", "fromage_lr0.01_p1_cosine"]
+    cosine = transformer.RunSpec("fromage", 0.1, None, "cosine")
+    optimizer = transformer.make_optimizer(cosine, steps=10, warmup_steps=2)
+    params = {"kernel": jax.numpy.ones((3, 3))}  # a name the monitor's mask selects
+    state = optimizer.init(params)
+    grads = {"kernel": jax.numpy.ones((3, 3))}
+    ratios = []
+    for _ in range(3):
+        updates, state = optimizer.update(grads, state, params)
+        ratios.append(float(transformer.relative_trust_metrics(state)["max_relative_update_norm"]))
+    # Warm-up: no step at count 0, then lr/2, then about lr (Fromage's relative step is ~η).
+    np.testing.assert_allclose(ratios, [0.0, 0.05, 0.1], rtol=0.06, atol=1e-7)
