@@ -136,6 +136,7 @@ def shard_map_results(tmp_path_factory):
         "fromage_p_bound data=8, gradients x 1e+25",
         "fromage_p_bound data=8, gradients x 1e-25",
         "chain_p_bound data=4 x model=2, tuple axis_name",
+        "chain_p_bound data=4 x model=2, one layer's gradient x 1e25",
         "pmap fromage_p_bound",
     ],
 )

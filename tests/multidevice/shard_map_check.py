@@ -54,7 +54,8 @@ def chain_p_bound(layer_axes, axis_name):
     )
 
 
-def unsharded_step(make_optimiser, params, grads, layer_axes):
+def unsharded_step(make_optimiser, params, layer_axes):
+    """A jitted `grads -> (new params, state)`: init and one step on one device."""
     optimiser = make_optimiser(layer_axes, None)
 
     def init_and_step(params, grads):
@@ -62,7 +63,8 @@ def unsharded_step(make_optimiser, params, grads, layer_axes):
         updates, state = optimiser.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    return jax.jit(init_and_step)(params, grads)
+    jitted = jax.jit(init_and_step)
+    return lambda grads: jitted(params, grads)
 
 
 def shard_map_step(
@@ -155,7 +157,7 @@ def main():
     mesh = jax.make_mesh((8,), ("data",))
     specs = {"w": P("data"), "zero_bias": P("data"), "b": P(), "blocks": P(None, "data")}
     axis_name = {"w": "data", "zero_bias": "data", "b": None, "blocks": "data"}
-    reference = unsharded_step(fromage_p_bound, params, grads, layer_axes)
+    reference = unsharded_step(fromage_p_bound, params, layer_axes)(grads)
     step = shard_map_step(fromage_p_bound, params, layer_axes, axis_name, mesh, specs)
     cases.append(("fromage_p_bound data=8, prefix axis_name", reference, step(grads)))
     # Squares of these gradients overflow (1e25) or underflow (1e-25) in float32, so the norms
@@ -184,11 +186,23 @@ def main():
         "blocks": P("data", None, "model"),
     }
     axis_name = {"w": ("data", "model"), "zero_bias": "model", "b": None, "blocks": "model"}
-    chain_reference = unsharded_step(chain_p_bound, params, grads, layer_axes)
+    chain_reference = unsharded_step(chain_p_bound, params, layer_axes)
     step = shard_map_step(
         chain_p_bound, params, layer_axes, axis_name, mesh, specs, sharded_layers=("blocks",)
     )
-    cases.append(("chain_p_bound data=4 x model=2, tuple axis_name", chain_reference, step(grads)))
+    cases.append(
+        ("chain_p_bound data=4 x model=2, tuple axis_name", chain_reference(grads), step(grads))
+    )
+    # Only layer 0's gradient overflows, so only the devices holding layer 0 need the rescaling
+    # fallback: the devices must still agree on every collective they run.
+    one_layer = dict(grads, blocks={"kernel": grads["blocks"]["kernel"].at[0].multiply(1e25)})
+    cases.append(
+        (
+            "chain_p_bound data=4 x model=2, one layer's gradient x 1e25",
+            chain_reference(one_layer),
+            step(one_layer),
+        )
+    )
     cases.append(("pmap fromage_p_bound", reference, pmap_step(params, grads, layer_axes)))
 
     results = {"cases": []}
