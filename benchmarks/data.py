@@ -143,6 +143,19 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool = Fa
     return path
 
 
+def write_mnist_idx(folder: str | os.PathLike, arrays: dict, *, compress: bool = True) -> None:
+    """Writes `arrays` (keys of `MNIST_IDX_FILES`) as MNIST's four IDX files in `folder`.
+
+    The inverse of `load_mnist_idx` up to standardisation; useful to make test
+    data or to store another dataset in MNIST's layout.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, array in arrays.items():
+        name = MNIST_IDX_FILES[key] + (".gz" if compress else "")
+        write_idx(folder / name, array, compress=compress)
+
+
 def _find_idx_file(data_dir: Path, base_name: str) -> Path | None:
     for candidate in (base_name, base_name + ".gz"):
         if (data_dir / candidate).is_file():

@@ -45,10 +45,10 @@ def write_fake_mnist(folder, *, num_train=12, num_test=5, compress_train=True, s
         "test_images": rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
         "test_labels": rng.integers(0, 10, num_test, dtype=np.uint8),
     }
-    for key, array in arrays.items():
-        compress = compress_train and key.startswith("train")
-        name = data.MNIST_IDX_FILES[key] + (".gz" if compress else "")
-        data.write_idx(folder / name, array, compress=compress)
+    train = {k: v for k, v in arrays.items() if k.startswith("train")}
+    test = {k: v for k, v in arrays.items() if k.startswith("test")}
+    data.write_mnist_idx(folder, train, compress=compress_train)
+    data.write_mnist_idx(folder, test, compress=False)
     return arrays
 
 
