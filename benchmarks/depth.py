@@ -189,7 +189,7 @@ def train_grid(config, dataset, optimizer_name: str, depth: int, on_epoch=None) 
         state = state.replace(opt_state=training.with_learning_rate(state.opt_state, decayed))
         state, step_metrics = run_epoch(state, train_data, indices)
         for key, value in step_metrics.items():
-            # Means over the epoch's steps, one per model; NaN-free steps only for ratios.
+            # Means over the epoch's steps, one per model (train accuracy: the paper's metric).
             value = np.asarray(value, np.float64)
             history.setdefault(key, []).append(value.mean(axis=0))
         if on_epoch is not None:
