@@ -283,12 +283,15 @@ def test_nnx_vmap_scan_trains_like_unrolled_layers(p_bound=1.0):
     assert scanned.blocks.linear.kernel[...].shape == (LAYERS, WIDTH, WIDTH)
     unrolled = NnxUnrolledModel(nnx.Rngs(1))
     copy_scanned_into_unrolled(scanned, unrolled)
-    control = NnxScannedModel(nnx.Rngs(0))
+
+    # The layers' kernels differ in norm, so one norm for the whole stack would give a
+    # different step (test_linen_scan_trains_like_unrolled_layers runs that control).
+    initial_norms = jnp.linalg.norm(scanned.blocks.linear.kernel[...].reshape(LAYERS, -1), axis=1)
+    assert float(jnp.max(initial_norms) / jnp.min(initial_norms)) > 1.02
 
     layer_axes = functools.partial(scanned_layer_axes, module_name="blocks")
     nnx_train(scanned, fromage_optax.fromage(LEARNING_RATE, p_bound, layer_axes=layer_axes))
     nnx_train(unrolled, fromage_optax.fromage(LEARNING_RATE, p_bound))
-    nnx_train(control, fromage_optax.fromage(LEARNING_RATE, p_bound))
 
     def per_layer(model):
         kernels = model.blocks.linear.kernel[...]
@@ -296,7 +299,6 @@ def test_nnx_vmap_scan_trains_like_unrolled_layers(p_bound=1.0):
 
     unrolled_kernels = [b.linear.kernel[...] for b in unrolled.blocks] + [unrolled.head.kernel[...]]
     assert max_abs_difference(per_layer(scanned), unrolled_kernels) <= 1e-5
-    assert max_abs_difference(per_layer(control), unrolled_kernels) > 1e-3
 
 
 def test_scanned_layer_axes_marks_only_the_named_stack():

@@ -69,7 +69,6 @@ def test_gathering_a_sharded_kernel_shows_in_the_hlo(spmd_results):
 
 
 SHARDED_RUNS = [
-    ("fromage", "fsdp"),
     ("fromage_p_bound", "fsdp"),
     ("fromage_p_bound", "data_x_model"),
     ("fromage_p_bound", "tensor_parallel"),

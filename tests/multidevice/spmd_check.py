@@ -1,9 +1,11 @@
 """jit + NamedSharding on 8 CPU devices: a sharded Fromage step equals the one-device step.
 
-Run by tests/test_sharding.py as `python spmd_check.py RESULTS.json`. For an FSDP layout (every
-leaf split over `data`) and a 2-D `data x model` layout, and for `fromage`, `fromage` with
-p_bound and the equivalent chain, it records the max |sharded - unsharded| of the new params,
-whether every output keeps its input sharding, and every collective in the compiled HLO.
+Run by tests/test_sharding.py as `python spmd_check.py RESULTS.json`. For `fromage` with
+p_bound on four layouts (FSDP: every leaf split over `data`; a 2-D `data x model` layout;
+Megatron-style tensor parallelism on Auto and on Explicit mesh axes) and for the equivalent
+chain of transforms on FSDP, it records the max |sharded - unsharded| of the new params (also
+for gradients whose squares overflow or underflow), whether every output keeps its input
+sharding, and every collective in the compiled HLO.
 """
 
 from __future__ import annotations
@@ -80,7 +82,6 @@ def tensor_parallel_specs(params):
 
 def optimisers(layer_axes):
     return {
-        "fromage": fromage_optax.fromage(LEARNING_RATE, layer_axes=layer_axes),
         "fromage_p_bound": fromage_optax.fromage(
             LEARNING_RATE, p_bound=P_BOUND, layer_axes=layer_axes
         ),
@@ -193,7 +194,6 @@ def main():
         ),
     }
     runs = {
-        "fromage": ["fsdp"],
         "fromage_p_bound": list(layouts),
         "chain_p_bound": ["fsdp"],
     }
