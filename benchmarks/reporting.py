@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 
-def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", **kwargs):
+def progress(
+    iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", **kwargs
+):
     """A tqdm progress bar on stderr (plain text when stderr is not a terminal)."""
     from tqdm.auto import tqdm
 
@@ -56,7 +58,9 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     return "\n".join(lines)
 
 
-def format_markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+def format_markdown_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None
+) -> str:
     """The same table as GitHub markdown, for pasting into the README."""
     if not rows:
         return ""

@@ -159,17 +159,19 @@ def fromage(
         _validation.check_float_leaves(params, name)
         param_leaves, treedef = jax.tree.flatten(params)
         update_leaves = treedef.flatten_up_to(updates)
+        initial_norms = (
+            [None] * len(param_leaves)
+            if p_bound is None
+            else treedef.flatten_up_to(state.initial_norms)
+        )
         stats = paired_norm_stats(
             param_leaves,
             update_leaves,
             _leaf_options.per_leaf_layer_axes(layer_axes, params),
             _leaf_options.per_leaf_axis_names(axis_name, params),
             with_cosine=p_bound is not None,
-        )
-        initial_norms = (
-            [None] * len(param_leaves)
-            if p_bound is None
-            else treedef.flatten_up_to(state.initial_norms)
+            # Under p_bound a tensor that started at zero is held exactly at zero.
+            params_known_zero=None if p_bound is None else [n0 == 0 for n0 in initial_norms],
         )
         eta = learning_rate_at(learning_rate, state.count)
         new_leaves = [

@@ -88,8 +88,7 @@ def per_leaf_layer_axes(layer_axes: Any, params: Any) -> list[tuple[int, ...]]:
     leaves = jax.tree.leaves(params)
     paths = leaf_paths(params) if any(v is not None for v in values) else [""] * len(leaves)
     return [
-        _normalise_layer_axes(value, leaf, path)
-        for value, leaf, path in zip(values, leaves, paths)
+        _normalise_layer_axes(value, leaf, path) for value, leaf, path in zip(values, leaves, paths)
     ]
 
 

@@ -3,19 +3,26 @@
 Fromage needs, for every tensor W with update g, ‖W‖, ‖g‖ and (for p_bound)
 the cosine ⟨W, g⟩ / (‖W‖‖g‖). This module computes them
 
-* **in one read of each tensor** in the common case: plain sums of squares,
-  accumulated in at least float32 (bfloat16/float16 inputs are upcast);
-* **without overflow or underflow** for any scale: a sum of squares that is not
-  comfortably inside the floating-point range (it overflowed, or is so small
-  that flushed subnormal squares could matter, or is zero) is recomputed with
-  every tensor first scaled by a power of two taken from its max-abs value.
-  That fallback sits behind one `lax.cond` for the whole tree (and one per
-  group inside it), so it costs nothing unless a tensor needs it;
+* **in one read of each tensor** in the common case: plain sums of squares
+  (a pattern XLA compiles to its fastest reduction), accumulated in at least
+  float32 — bfloat16/float16 inputs are upcast;
+* **without overflow or underflow** at any scale: when a sum of squares is not
+  safely inside the floating-point range (it overflowed, or is so small that
+  flushed subnormal squares could matter), every norm is recomputed after
+  scaling each tensor (or slice) by a power of two read off its max-abs value.
+  That fallback sits behind a single `lax.cond` for the whole tree and works on
+  one concatenated vector with segment reductions, so it adds almost nothing to
+  compile time and nothing to run time unless it is needed;
 * **with few kernels** for trees of many small tensors: small tensors of the
   same shape and dtype are stacked and reduced together;
 * **per layer slice** when `layer_axes` names axes that index separate layers,
-  and **globally** across devices when `axis_names` names mesh axes (the sums
-  are `psum`-ed, the max-abs values `pmax`-ed).
+  and **globally** across devices when `axis_names` names mesh axes (sums are
+  `psum`-ed, max-abs values `pmax`-ed).
+
+A parameter tensor whose sum of squares is exactly 0 is taken to be zero (the
+fallback is not run for it): in float32 that misreads only tensors whose every
+entry is below ~1e-19 in magnitude. An update whose sum of squares is 0 is
+checked, since vanishing gradients can be that small.
 
 Every norm comes back with `keepdims=True` shapes (size 1 on the reduced axes),
 so it broadcasts against its tensor.
@@ -57,20 +64,18 @@ def _pmax(x, axis_names):
     return lax.pmax(x, axis_names) if axis_names else x
 
 
-def _power_of_two_scale(max_abs):
-    """2**-e with max_abs * 2**-e in [0.5, 1), kept inside the normal range."""
+def _reciprocal_power_of_two(max_abs):
+    """1/2**e for the power of two 2**e at or below max_abs (1 for 0, inf or NaN).
+
+    Read straight off the exponent bits: exact, and only a few cheap ops.
+    """
     info = jnp.finfo(max_abs.dtype)
-    _, exponent = jnp.frexp(max_abs)
-    exponent = jnp.clip(exponent, info.minexp + 2, info.maxexp - 2)
-    return jnp.ldexp(jnp.ones_like(max_abs), -exponent)
-
-
-def _safe_range(dtype):
-    """Sums of squares in [low, inf) are trusted; anything else is recomputed."""
-    info = jnp.finfo(dtype)
-    # 2**62 above the smallest normal: even 2**30 flushed subnormal squares
-    # change such a sum by less than 2**-32 of its value.
-    return float(info.tiny) * 2.0**62
+    int_dtype = jnp.int32 if info.bits == 32 else jnp.int64
+    exponent_bits = ((1 << (info.bits - 1)) - 1) ^ ((1 << info.nmant) - 1)
+    bits = lax.bitcast_convert_type(max_abs, int_dtype)
+    power = lax.bitcast_convert_type(bits & jnp.asarray(exponent_bits, int_dtype), max_abs.dtype)
+    usable = (power >= info.tiny) & (power < jnp.inf)
+    return jnp.where(usable, 1 / jnp.where(usable, power, 1), 1)
 
 
 class _Group(NamedTuple):
@@ -104,20 +109,16 @@ def _layout_key(x, position: int):
     return sharding.spec
 
 
-def _make_groups(
-    tensors: Sequence[jax.Array],
-    partners: Sequence[jax.Array] | None,
-    layer_axes: Sequence[tuple[int, ...]],
-    axis_names: Sequence[tuple[str, ...]],
-) -> list[_Group]:
+def _make_groups(tensors, partners, layer_axes, axis_names) -> list[_Group]:
     buckets: dict[tuple, list[int]] = {}
-    singles: list[int] = []
+    groups = []
     for i, x in enumerate(tensors):
         if x.size <= GROUP_MAX_SIZE:
+            partner_dtype = None if partners is None else partners[i].dtype
             key = (
                 x.shape,
                 x.dtype,
-                None if partners is None else partners[i].dtype,
+                partner_dtype,
                 layer_axes[i],
                 axis_names[i],
                 _layout_key(x, i),
@@ -125,11 +126,8 @@ def _make_groups(
             )
             buckets.setdefault(key, []).append(i)
         else:
-            singles.append(i)
-    groups = []
-    for i in singles:
-        axes = tuple(a for a in range(tensors[i].ndim) if a not in layer_axes[i])
-        groups.append(_Group((i,), axes, axis_names[i], stacked=False))
+            axes = tuple(a for a in range(x.ndim) if a not in layer_axes[i])
+            groups.append(_Group((i,), axes, axis_names[i], stacked=False))
     for (shape, *_), members in buckets.items():
         first = members[0]
         axes = tuple(a for a in range(len(shape)) if a not in layer_axes[first])
@@ -141,107 +139,106 @@ def _make_groups(
     return groups
 
 
-def _group_input(group: _Group, tensors: Sequence[jax.Array]) -> jax.Array:
-    if group.stacked:
-        return jnp.stack([tensors[i] for i in group.indices])
-    return tensors[group.indices[0]]
+def _group_inputs(group: _Group, sources):
+    """The group's tensors from each source, upcast, stacked when the group is."""
+    xs = []
+    for source in sources:
+        members = [source[i] for i in group.indices]
+        x = jnp.stack(members) if group.stacked else members[0]
+        xs.append(x.astype(accumulation_dtype(x.dtype)))
+    return xs
 
 
-def _fast_sums(xs, reduce_axes, axis_names, with_dot):
-    """Sums of squares (and the inner product) of 1 or 2 same-shaped tensors."""
-    acc = [x.astype(accumulation_dtype(x.dtype)) for x in xs]
-    sums = [jnp.sum(a * a, axis=reduce_axes, keepdims=True) for a in acc]
+def _plain_sums(groups, sources, with_dot):
+    """Per group: plain sums of squares (one per source) and the inner product."""
+    per_group = []
+    for group in groups:
+        xs = _group_inputs(group, sources)
+        sums = [jnp.sum(x * x, axis=group.reduce_axes, keepdims=True) for x in xs]
+        if with_dot:
+            sums.append(jnp.sum(xs[0] * xs[1], axis=group.reduce_axes, keepdims=True))
+        per_group.append([_psum(value, group.axis_names) for value in sums])
+    return per_group
+
+
+def _rescaled_norms(group, sources, with_dot):
+    """Norms (and cosine) of a group with every slice scaled by a power of two first."""
+    scaled = []
+    for x in _group_inputs(group, sources):
+        max_abs = jnp.max(jnp.abs(x), axis=group.reduce_axes, keepdims=True)
+        scale = _reciprocal_power_of_two(_pmax(max_abs, group.axis_names))
+        y = x * scale
+        sum_of_squares = _psum(
+            jnp.sum(y * y, axis=group.reduce_axes, keepdims=True), group.axis_names
+        )
+        scaled.append((y, sum_of_squares, scale))
+    values = [jnp.sqrt(s) / scale for _, s, scale in scaled]
     if with_dot:
-        sums.append(jnp.sum(acc[0] * acc[1], axis=reduce_axes, keepdims=True))
-    return [_psum(s, axis_names) for s in sums]
+        (y0, s0, _), (y1, s1, _) = scaled
+        dot = _psum(jnp.sum(y0 * y1, axis=group.reduce_axes, keepdims=True), group.axis_names)
+        values.append(dot / jnp.sqrt(s0) / jnp.sqrt(s1))
+    return values
 
 
-def _needs_rescaling(sums_of_squares) -> jax.Array:
-    bad = [~((s >= _safe_range(s.dtype)) & (s < jnp.inf)) for s in sums_of_squares]
-    return jnp.any(jnp.stack([jnp.any(b) for b in bad]))
-
-
-def _stats_from_sums(sums, with_dot):
+def _norms_from_sums(sums, with_dot):
     norms = [jnp.sqrt(s) for s in sums[: len(sums) - int(with_dot)]]
     if with_dot:
-        cosine = sums[-1] / norms[0] / norms[1]
-        return norms, cosine
-    return norms, None
+        norms.append(sums[-1] / norms[0] / norms[1])
+    return norms
 
 
-def _rescaled_stats(xs, reduce_axes, axis_names, with_dot):
-    """Norms (and cosine) of tensors scaled by powers of two before squaring."""
-    scaled, scales = [], []
-    for x in xs:
-        a = x.astype(accumulation_dtype(x.dtype))
-        max_abs = _pmax(jnp.max(jnp.abs(a), axis=reduce_axes, keepdims=True), axis_names)
-        scale = _power_of_two_scale(max_abs)
-        scaled.append(a * scale)
-        scales.append(scale)
-    sums = [_psum(jnp.sum(s * s, axis=reduce_axes, keepdims=True), axis_names) for s in scaled]
-    norms = [jnp.sqrt(s) / scale for s, scale in zip(sums, scales)]
-    if with_dot:
-        dot = _psum(jnp.sum(scaled[0] * scaled[1], axis=reduce_axes, keepdims=True), axis_names)
-        cosine = dot / jnp.sqrt(sums[0]) / jnp.sqrt(sums[1])
-        return norms, cosine
-    return norms, None
+def _safe(sum_of_squares):
+    """Whether a plain sum of squares is safely inside the floating-point range."""
+    # 2**62 above the smallest normal: even 2**30 flushed subnormal squares
+    # change such a sum by less than 2**-32 of its value.
+    low = float(jnp.finfo(sum_of_squares.dtype).tiny) * 2.0**62
+    return (sum_of_squares >= low) & (sum_of_squares < jnp.inf)
 
 
-def _cond(predicate, true_fn, false_fn, *operands):
-    """`lax.cond`, or a plain Python branch when the predicate is already known.
+def _stats(tensors, partners, layer_axes, axis_names, with_dot, known_zero=None):
+    """[(norms, cosine)] per leaf; norms of `tensors` (and `partners`).
 
-    Outside `jit` the predicate is a concrete array: branching in Python avoids
-    compiling both branches on every eager call.
+    `known_zero`: optional per-leaf booleans (keepdims shapes) marking slices of
+    `tensors` known to be exactly zero, whose zero sum of squares needs no check.
     """
-    if isinstance(predicate, jax.core.Tracer):
-        return lax.cond(predicate, true_fn, false_fn, *operands)
-    return true_fn(*operands) if bool(predicate) else false_fn(*operands)
-
-
-def _grouped_stats(tensors, partners, layer_axes, axis_names, with_dot):
-    """Norms of `tensors` (and `partners`, and their cosines), one entry per leaf."""
+    if not tensors:
+        return []
     groups = _make_groups(tensors, partners, layer_axes, axis_names)
-    inputs, fast = [], []
-    for group in groups:
-        xs = [_group_input(group, tensors)]
-        if partners is not None:
-            xs.append(_group_input(group, partners))
-        inputs.append(xs)
-        fast.append(_fast_sums(xs, group.reduce_axes, group.axis_names, with_dot))
+    sources = [tensors] if partners is None else [tensors, partners]
+    sums = _plain_sums(groups, sources, with_dot)
 
-    def from_fast(group_sums):
-        return [_stats_from_sums(sums, with_dot) for sums in group_sums]
+    flags = []
+    for group, group_sums in zip(groups, sums):
+        for position, sum_of_squares in enumerate(group_sums[: len(sources)]):
+            trusted = _safe(sum_of_squares)
+            if position == 0 and known_zero is not None:
+                zero = jnp.stack([known_zero[i] for i in group.indices])
+                trusted = trusted | (zero.reshape(sum_of_squares.shape) & (sum_of_squares == 0))
+            flags.append(jnp.all(trusted))
+    all_trusted = jnp.all(jnp.stack(flags))
 
-    def with_rescaling(group_sums):
-        results = []
-        for group, xs, sums in zip(groups, inputs, group_sums):
-            squares = sums[: len(sums) - int(with_dot)]
-            results.append(
-                _cond(
-                    _needs_rescaling(squares),
-                    lambda xs=xs, group=group: _rescaled_stats(
-                        xs, group.reduce_axes, group.axis_names, with_dot
-                    ),
-                    lambda sums=sums: _stats_from_sums(sums, with_dot),
-                )
-            )
-        return results
+    def from_plain_sums(sums):
+        return [_norms_from_sums(group_sums, with_dot) for group_sums in sums]
 
-    if groups:
-        squares = [s for sums in fast for s in sums[: len(sums) - int(with_dot)]]
-        stats = _cond(_needs_rescaling(squares), with_rescaling, from_fast, fast)
-    else:
-        stats = []
+    def rescaled(sums):
+        del sums
+        return [_rescaled_norms(group, sources, with_dot) for group in groups]
+
+    if isinstance(all_trusted, jax.core.Tracer):
+        per_group = lax.cond(all_trusted, from_plain_sums, rescaled, sums)
+    else:  # Outside jit the answer is known: branch in Python, compile nothing.
+        per_group = from_plain_sums(sums) if bool(all_trusted) else rescaled(sums)
 
     per_leaf: list = [None] * len(tensors)
-    for group, (norms, cosine) in zip(groups, stats):
-        for position, leaf_index in enumerate(group.indices):
-            pick = (lambda v: v[position]) if group.stacked else (lambda v: v)
-            per_leaf[leaf_index] = (
-                [pick(n) for n in norms],
-                None if cosine is None else pick(cosine),
-            )
+    for group, values in zip(groups, per_group):
+        for position, i in enumerate(group.indices):
+            picked = [v[position] if group.stacked else v for v in values]
+            per_leaf[i] = (picked[: len(sources)], picked[-1] if with_dot else None)
     return per_leaf
+
+
+def _keepdims_shape(shape, layer_axes):
+    return tuple(d if a in layer_axes else 1 for a, d in enumerate(shape))
 
 
 def paired_norm_stats(
@@ -250,6 +247,7 @@ def paired_norm_stats(
     layer_axes: Sequence[tuple[int, ...]],
     axis_names: Sequence[tuple[str, ...]],
     with_cosine: bool,
+    params_known_zero: Sequence[jax.Array] | None = None,
 ) -> list[PairStats]:
     """‖W‖, ‖g‖ (and cos(W, g) if asked) for every leaf pair, per layer slice.
 
@@ -259,12 +257,15 @@ def paired_norm_stats(
       layer_axes: per leaf, the axes indexing separate layers (empty: one layer).
       axis_names: per leaf, mesh axes to sum over (empty: not sharded).
       with_cosine: also compute ⟨W, g⟩ / (‖W‖‖g‖) (NaN where a norm is 0).
+      params_known_zero: optional per-leaf booleans (keepdims shapes) marking
+        parameter slices known to be exactly zero (e.g. held there by p_bound),
+        which spares them the overflow/underflow check.
 
     Returns:
       One `PairStats` per leaf; every array has the leaf's rank with size 1 on
       the reduced axes, in the accumulation dtype.
     """
-    stats = _grouped_stats(params, updates, layer_axes, axis_names, with_cosine)
+    stats = _stats(params, updates, layer_axes, axis_names, with_cosine, params_known_zero)
     return [PairStats(norms[0], norms[1], cosine) for norms, cosine in stats]
 
 
@@ -274,5 +275,4 @@ def tensor_norms(
     axis_names: Sequence[tuple[str, ...]],
 ) -> list[jax.Array]:
     """‖W‖ for every leaf (per layer slice), overflow-proof, keepdims shapes."""
-    stats = _grouped_stats(tensors, None, layer_axes, axis_names, with_dot=False)
-    return [norms[0] for norms, _ in stats]
+    return [norms[0] for norms, _ in _stats(tensors, None, layer_axes, axis_names, False)]

@@ -73,9 +73,7 @@ def scale_by_fromage(
         new_leaves = []
         for g, s in zip(update_leaves, stats):
             use_ratio = (s.param_norm > 0) & (s.update_norm > 0)
-            ratio = jnp.where(
-                use_ratio, s.param_norm / jnp.where(use_ratio, s.update_norm, 1), 1
-            )
+            ratio = jnp.where(use_ratio, s.param_norm / jnp.where(use_ratio, s.update_norm, 1), 1)
             dtype = jnp.promote_types(ratio.dtype, g.dtype)
             new_leaves.append((g.astype(dtype) * ratio.astype(dtype)).astype(g.dtype))
         return jax.tree.unflatten(treedef, new_leaves), state

@@ -112,9 +112,7 @@ def bound_weight_norm(
     """
     name = "bound_weight_norm"
     if p_bound is None:
-        raise ValueError(
-            f"{name}: p_bound is None. Pass a number > 0, or leave the transform out."
-        )
+        raise ValueError(f"{name}: p_bound is None. Pass a number > 0, or leave the transform out.")
     _validation.check_p_bound(p_bound, name)
     _leaf_options.check_axis_name_arg(axis_name, name)
 
@@ -144,7 +142,9 @@ def bound_weight_norm(
 
         def leaf_update(u, w, new_w, new_norm, initial_norm):
             dtype = new_w.dtype
-            _, factor = bounded_norm_factor(new_norm.astype(dtype), initial_norm.astype(dtype), p_bound)
+            _, factor = bounded_norm_factor(
+                new_norm.astype(dtype), initial_norm.astype(dtype), p_bound
+            )
             return (factor * new_w - w.astype(dtype)).astype(u.dtype)
 
         new_updates = jax.tree.map(

@@ -16,11 +16,17 @@ import fromage_optax
 def problem(seed=0):
     rng = np.random.default_rng(seed)
     params = {
-        "dense": {"kernel": rng.normal(size=(6, 4)).astype(np.float32), "bias": np.zeros(4, np.float32)},
+        "dense": {
+            "kernel": rng.normal(size=(6, 4)).astype(np.float32),
+            "bias": np.zeros(4, np.float32),
+        },
         "scale": np.float32(1.5),
     }
     grads = {
-        "dense": {"kernel": rng.normal(size=(6, 4)).astype(np.float32), "bias": rng.normal(size=4).astype(np.float32)},
+        "dense": {
+            "kernel": rng.normal(size=(6, 4)).astype(np.float32),
+            "bias": rng.normal(size=4).astype(np.float32),
+        },
         "scale": np.float32(0.25),
     }
     return params, grads
@@ -44,7 +50,7 @@ def test_vmap_over_independent_problems():
     updates, _ = jax.jit(jax.vmap(opt.update))(grads, state, params)
     new = optax.apply_updates(params, updates)
     for i, (p, g) in enumerate(batch):
-        assert_tree_close(jax.tree.map(lambda x: x[i], new), reference_tree(p, g, 0.1, 1.5))
+        assert_tree_close(jax.tree.map(lambda x, i=i: x[i], new), reference_tree(p, g, 0.1, 1.5))
 
 
 def test_inject_hyperparams_changes_learning_rate_and_p_bound_at_run_time():
@@ -81,10 +87,14 @@ def test_masked_and_multi_transform_fromage_on_kernels_adam_on_the_rest():
     assert relative_error(params["dense"]["kernel"] + updates["dense"]["kernel"], expected) < 1e-6
 
     labels = jax.tree.map(lambda k: "fromage" if k else "adam", is_kernel)
-    multi = optax.multi_transform({"fromage": fromage_optax.fromage(0.1), "adam": optax.adam(1e-3)}, labels)
+    multi = optax.multi_transform(
+        {"fromage": fromage_optax.fromage(0.1), "adam": optax.adam(1e-3)}, labels
+    )
     updates, _ = jax.jit(multi.update)(grads, multi.init(params), params)
     assert relative_error(params["dense"]["kernel"] + updates["dense"]["kernel"], expected) < 1e-6
-    adam_bias, _ = optax.adam(1e-3).update(grads["dense"]["bias"], optax.adam(1e-3).init(params["dense"]["bias"]))
+    adam_bias, _ = optax.adam(1e-3).update(
+        grads["dense"]["bias"], optax.adam(1e-3).init(params["dense"]["bias"])
+    )
     np.testing.assert_allclose(updates["dense"]["bias"], adam_bias, rtol=1e-6)
 
 
@@ -151,7 +161,9 @@ def test_flax_train_state():
     x = jnp.ones((4, 3))
     variables = model.init(jax.random.PRNGKey(0), x)
     state = train_state.TrainState.create(
-        apply_fn=model.apply, params=variables["params"], tx=fromage_optax.fromage(0.05, p_bound=3.0)
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=fromage_optax.fromage(0.05, p_bound=3.0),
     )
 
     @jax.jit
@@ -190,10 +202,17 @@ def test_nnx_optimizer():
 def test_masked_node_and_none_leaves_empty_tree_and_scalars():
     opt = fromage_optax.fromage(0.1, p_bound=2.0)
     params = {"a": jnp.ones(3), "frozen": None, "masked": optax.MaskedNode(), "s": jnp.float32(2.0)}
-    grads = {"a": jnp.arange(3.0), "frozen": None, "masked": optax.MaskedNode(), "s": jnp.float32(-1.0)}
+    grads = {
+        "a": jnp.arange(3.0),
+        "frozen": None,
+        "masked": optax.MaskedNode(),
+        "s": jnp.float32(-1.0),
+    }
     updates, _ = jax.jit(opt.update)(grads, opt.init(params), params)
     assert updates["frozen"] is None and isinstance(updates["masked"], optax.MaskedNode)
-    assert relative_error(params["s"] + updates["s"], reference_step(2.0, -1.0, 0.1, 2.0, 2.0)) < 1e-6
+    assert (
+        relative_error(params["s"] + updates["s"], reference_step(2.0, -1.0, 0.1, 2.0, 2.0)) < 1e-6
+    )
 
     empty_updates, empty_state = opt.update({}, opt.init({}), {})
     assert empty_updates == {}

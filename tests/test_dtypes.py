@@ -10,7 +10,9 @@ from _reference import reference_step, relative_error
 import fromage_optax
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(jnp.bfloat16, 2e-2), (jnp.float16, 2e-3), (jnp.float32, 1e-6)])
+@pytest.mark.parametrize(
+    "dtype, tolerance", [(jnp.bfloat16, 2e-2), (jnp.float16, 2e-3), (jnp.float32, 1e-6)]
+)
 @pytest.mark.parametrize("p_bound", [None, 1.0])
 def test_low_precision_params(dtype, tolerance, p_bound):
     rng = np.random.default_rng(0)
@@ -25,10 +27,18 @@ def test_low_precision_params(dtype, tolerance, p_bound):
     new = optax.apply_updates(params, updates)
     assert new["w"].dtype == dtype
     # Reference from the very same (rounded) inputs, in float64.
-    expected = reference_step(np.asarray(w, np.float64), np.asarray(g, np.float64), 0.1, p_bound, np.asarray(w, np.float64))
+    expected = reference_step(
+        np.asarray(w, np.float64),
+        np.asarray(g, np.float64),
+        0.1,
+        p_bound,
+        np.asarray(w, np.float64),
+    )
     assert relative_error(np.asarray(new["w"], np.float64), expected) < tolerance
     np.testing.assert_allclose(
-        np.linalg.norm(np.asarray(new["w"], np.float64)), np.linalg.norm(expected), rtol=tolerance / 4
+        np.linalg.norm(np.asarray(new["w"], np.float64)),
+        np.linalg.norm(expected),
+        rtol=tolerance / 4,
     )
 
 

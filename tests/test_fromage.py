@@ -70,8 +70,9 @@ def make_grads(seed, params, steps, scale=1.0):
     rng = np.random.default_rng(seed + 1000)
     return [
         {
-            k: (rng.normal(size=np.shape(v)) * scale * (0 if k in ("zero_grad", "both_zero") else 1))
-            .astype(np.asarray(v).dtype)
+            k: (
+                rng.normal(size=np.shape(v)) * scale * (0 if k in ("zero_grad", "both_zero") else 1)
+            ).astype(np.asarray(v).dtype)
             for k, v in params.items()
         }
         for _ in range(steps)
@@ -143,7 +144,9 @@ def test_zero_initialised_tensor_takes_a_full_step_unlike_optax_fromage():
     params = {"kernel": jnp.ones((4, 4)), "bias": jnp.zeros(4)}
     grads = {"kernel": jnp.full((4, 4), 0.5), "bias": jnp.array([1.0, -2.0, 0.5, 3.0])}
     eta = 0.01
-    ours, _ = fromage_optax.fromage(eta).update(grads, fromage_optax.fromage(eta).init(params), params)
+    ours, _ = fromage_optax.fromage(eta).update(
+        grads, fromage_optax.fromage(eta).init(params), params
+    )
     theirs_opt = optax.fromage(eta)
     theirs, _ = theirs_opt.update(grads, theirs_opt.init(params), params)
     expected_bias = -eta * np.asarray(grads["bias"]) / np.sqrt(1 + eta**2)

@@ -1,4 +1,4 @@
-"""Properties of the Fromage step that hold for any tensor: checked with hypothesis on random shapes."""
+"""Properties of the Fromage step that hold for any tensor, checked with hypothesis."""
 
 import jax
 import numpy as np
