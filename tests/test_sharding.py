@@ -88,8 +88,8 @@ def sharded_run(spmd_results, optimiser, layout):
 def test_jit_sharded_step_equals_one_device_step(spmd_results, optimiser, layout):
     run = sharded_run(spmd_results, optimiser, layout)
     assert run["max_abs_difference"] <= SHARDED_TOLERANCE
-    # The state holds ‖W₀‖ (~1 to 20) with p_bound, the step count otherwise.
-    assert run["state_max_abs_difference"] <= 1e-5
+    # The state holds ‖W₀‖ (~1 to 20: 5e-5 is 2.5e-6 relative) and the step count.
+    assert run["state_max_abs_difference"] <= 5e-5
     # Overflowing / underflowing squares: the rescaling fallback, same step.
     assert run["gradients_x_1e+25_max_abs_difference"] <= SHARDED_TOLERANCE
     assert run["gradients_x_1e-25_max_abs_difference"] <= SHARDED_TOLERANCE
@@ -142,7 +142,7 @@ def shard_map_results(tmp_path_factory):
 def test_axis_name_gives_the_unsharded_step(shard_map_results, case):
     result = shard_map_results[case]
     assert result["max_abs_difference"] <= SHARDED_TOLERANCE
-    assert result["state_max_abs_difference"] <= 1e-5  # ‖W₀‖ of up to ~20
+    assert result["state_max_abs_difference"] <= 5e-5  # ‖W₀‖ up to ~20: 2.5e-6 relative
 
 
 def test_without_axis_name_per_shard_norms_are_wrong(shard_map_results):
