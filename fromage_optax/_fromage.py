@@ -171,7 +171,7 @@ def fromage(
             _leaf_options.per_leaf_axis_names(axis_name, params),
             with_cosine=p_bound is not None,
             # Under p_bound a tensor that started at zero is held exactly at zero.
-            params_known_zero=None if p_bound is None else [n0 == 0 for n0 in initial_norms],
+            bound_norms=None if p_bound is None else initial_norms,
         )
         eta = learning_rate_at(learning_rate, state.count)
         new_leaves = [

@@ -10,19 +10,18 @@ the cosine ⟨W, g⟩ / (‖W‖‖g‖). This module computes them
   safely inside the floating-point range (it overflowed, or is so small that
   flushed subnormal squares could matter), every norm is recomputed after
   scaling each tensor (or slice) by a power of two read off its max-abs value.
-  That fallback sits behind a single `lax.cond` for the whole tree and works on
-  one concatenated vector with segment reductions, so it adds almost nothing to
-  compile time and nothing to run time unless it is needed;
+  That fallback sits behind a single `lax.cond` for the whole tree, so it runs
+  only when needed (on a CPU the branch point still costs some overlap between
+  the reductions and the step; the numbers are in the README);
 * **with few kernels** for trees of many small tensors: small tensors of the
-  same shape and dtype are stacked and reduced together;
+  same shape, dtype and layout are stacked (up to 64 at a time) and reduced
+  together;
 * **per layer slice** when `layer_axes` names axes that index separate layers,
   and **globally** across devices when `axis_names` names mesh axes (sums are
   `psum`-ed, max-abs values `pmax`-ed).
 
-A parameter tensor whose sum of squares is exactly 0 is taken to be zero (the
-fallback is not run for it): in float32 that misreads only tensors whose every
-entry is below ~1e-19 in magnitude. An update whose sum of squares is 0 is
-checked, since vanishing gradients can be that small.
+A zero sum of squares is checked too (every square may have underflowed),
+except for parameter slices that p_bound holds at zero.
 
 Every norm comes back with `keepdims=True` shapes (size 1 on the reduced axes),
 so it broadcasts against its tensor.
@@ -41,6 +40,9 @@ from jax import lax
 # and reduced together: for small tensors the per-kernel overhead dominates,
 # for large ones stacking would cost a copy.
 GROUP_MAX_SIZE = 1 << 16
+# At most this many tensors per stack: a stack is a concatenation fused into the
+# reduction, and XLA's compile time for such a fusion grows with its operand count.
+GROUP_MAX_MEMBERS = 64
 
 
 class PairStats(NamedTuple):
@@ -128,7 +130,12 @@ def _make_groups(tensors, partners, layer_axes, axis_names) -> list[_Group]:
         else:
             axes = tuple(a for a in range(x.ndim) if a not in layer_axes[i])
             groups.append(_Group((i,), axes, axis_names[i], stacked=False))
-    for (shape, *_), members in buckets.items():
+    chunks = [
+        (key, members[start : start + GROUP_MAX_MEMBERS])
+        for key, members in buckets.items()
+        for start in range(0, len(members), GROUP_MAX_MEMBERS)
+    ]
+    for (shape, *_), members in chunks:
         first = members[0]
         axes = tuple(a for a in range(len(shape)) if a not in layer_axes[first])
         if len(members) == 1:
@@ -195,11 +202,11 @@ def _safe(sum_of_squares):
     return (sum_of_squares >= low) & (sum_of_squares < jnp.inf)
 
 
-def _stats(tensors, partners, layer_axes, axis_names, with_dot, known_zero=None):
+def _stats(tensors, partners, layer_axes, axis_names, with_dot, bound_norms=None):
     """[(norms, cosine)] per leaf; norms of `tensors` (and `partners`).
 
-    `known_zero`: optional per-leaf booleans (keepdims shapes) marking slices of
-    `tensors` known to be exactly zero, whose zero sum of squares needs no check.
+    `bound_norms`: optional per-leaf ‖W₀‖ of p_bound (keepdims shapes); a slice
+    with ‖W₀‖ = 0 is held exactly at zero, so its zero sum of squares is exact.
     """
     if not tensors:
         return []
@@ -211,9 +218,12 @@ def _stats(tensors, partners, layer_axes, axis_names, with_dot, known_zero=None)
     for group, group_sums in zip(groups, sums):
         for position, sum_of_squares in enumerate(group_sums[: len(sources)]):
             trusted = _safe(sum_of_squares)
-            if position == 0 and known_zero is not None:
-                zero = jnp.stack([known_zero[i] for i in group.indices])
-                trusted = trusted | (zero.reshape(sum_of_squares.shape) & (sum_of_squares == 0))
+            if position == 0 and bound_norms is not None:
+                members = [bound_norms[i] for i in group.indices]
+                bound = (jnp.stack(members) if group.stacked else members[0]).reshape(
+                    sum_of_squares.shape
+                )
+                trusted = trusted | ((bound == 0) & (sum_of_squares == 0))
             flags.append(jnp.all(trusted))
     all_trusted = jnp.all(jnp.stack(flags))
 
@@ -247,7 +257,7 @@ def paired_norm_stats(
     layer_axes: Sequence[tuple[int, ...]],
     axis_names: Sequence[tuple[str, ...]],
     with_cosine: bool,
-    params_known_zero: Sequence[jax.Array] | None = None,
+    bound_norms: Sequence[jax.Array] | None = None,
 ) -> list[PairStats]:
     """‖W‖, ‖g‖ (and cos(W, g) if asked) for every leaf pair, per layer slice.
 
@@ -257,15 +267,15 @@ def paired_norm_stats(
       layer_axes: per leaf, the axes indexing separate layers (empty: one layer).
       axis_names: per leaf, mesh axes to sum over (empty: not sharded).
       with_cosine: also compute ⟨W, g⟩ / (‖W‖‖g‖) (NaN where a norm is 0).
-      params_known_zero: optional per-leaf booleans (keepdims shapes) marking
-        parameter slices known to be exactly zero (e.g. held there by p_bound),
-        which spares them the overflow/underflow check.
+      bound_norms: optional per-leaf ‖W₀‖ of p_bound (keepdims shapes). A slice
+        with ‖W₀‖ = 0 is held exactly at zero by the bound, which spares its
+        zero sum of squares the underflow check.
 
     Returns:
       One `PairStats` per leaf; every array has the leaf's rank with size 1 on
       the reduced axes, in the accumulation dtype.
     """
-    stats = _stats(params, updates, layer_axes, axis_names, with_cosine, params_known_zero)
+    stats = _stats(params, updates, layer_axes, axis_names, with_cosine, bound_norms)
     return [PairStats(norms[0], norms[1], cosine) for norms, cosine in stats]
 
 

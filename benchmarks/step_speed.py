@@ -1,0 +1,386 @@
+"""How long one optimiser step takes: Fromage vs optax.fromage, SGD, Adam and LARS.
+
+Times ``update`` + ``optax.apply_updates`` under ``jax.jit`` with the params and
+optimiser state donated, after warm-up, as the median of several runs with all
+optimisers interleaved (so a busy machine slows them alike), on
+
+* ``few_large``: 50M parameters in 100 leaves (memory-bound; ``--preset cpu``),
+* ``many_small``: 2M parameters in 2000 leaves (per-tensor overhead dominates),
+* ``gpt``: the parameter tree of the benchmarks' GPT model,
+
+in float32 and bfloat16, and reports each optimiser's state size and compile
+time. It also times a whole jitted train step (forward, backward, update) of an
+MLP and of the GPT model. Results: a table on the console, ``step_speed.json``
+and ``step_speed.png`` in ``--out``::
+
+  python -m benchmarks.step_speed --preset cpu --out runs/step_speed
+  python -m benchmarks.step_speed --preset quick      # seconds, for the tests
+
+Ratios to ``optax.sgd`` carry over between machines; absolute times do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import fromage_optax
+from benchmarks import gpt, mlp, reporting
+
+OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
+    "optax.sgd": lambda: optax.sgd(0.01),
+    "optax.adam": lambda: optax.adam(1e-3),
+    "optax.lars": lambda: optax.lars(0.01),
+    "optax.fromage": lambda: optax.fromage(0.01),
+    "fromage": lambda: fromage_optax.fromage(0.01),
+    "fromage p_bound=2": lambda: fromage_optax.fromage(0.01, p_bound=2.0),
+}
+TRAIN_STEP_OPTIMIZERS = ("optax.sgd", "optax.adam", "fromage")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "trees": {
+            "few_large": {"leaves": 4, "shape": (100, 250)},
+            "many_small": {"pairs": 20, "kernel": (8, 12)},
+            "gpt": {"gpt_preset": "quick"},
+        },
+        "dtypes": ("float32",),
+        "repeats": 3,
+        "mlp": {"hidden_sizes": (32, 32), "batch": 16, "inputs": 64},
+        "gpt_train": {"gpt_preset": "quick", "batch": 2},
+    },
+    "cpu": {
+        "trees": {
+            "few_large": {"leaves": 100, "shape": (500, 1000)},
+            "many_small": {"pairs": 1000, "kernel": (40, 49)},
+            "gpt": {"gpt_preset": "speed_cpu"},
+        },
+        "dtypes": ("float32", "bfloat16"),
+        "repeats": 15,
+        "mlp": {"hidden_sizes": (1024,) * 4, "batch": 256, "inputs": 784},
+        "gpt_train": {"gpt_preset": "speed_cpu", "batch": 8},
+    },
+    "gpu": {
+        "trees": {
+            "few_large": {"leaves": 100, "shape": (500, 1000)},
+            "many_small": {"pairs": 1000, "kernel": (40, 49)},
+            "gpt": {"gpt_preset": "gpu"},
+        },
+        "dtypes": ("float32", "bfloat16"),
+        "repeats": 30,
+        "mlp": {"hidden_sizes": (4096,) * 4, "batch": 1024, "inputs": 784},
+        "gpt_train": {"gpt_preset": "gpu", "batch": 16},
+    },
+}
+
+
+def parameter_tree(spec: dict, dtype: str, seed: int) -> dict:
+    """A params-like tree of random normal arrays described by `spec`."""
+    key = jax.random.key(seed)
+    if "gpt_preset" in spec:
+        shapes = jax.eval_shape(
+            lambda: gpt.init_gpt_params(gpt.gpt_config(spec["gpt_preset"]), jax.random.key(0))
+        )
+        leaves, treedef = jax.tree.flatten(shapes)
+        shapes = [leaf.shape for leaf in leaves]
+    elif "pairs" in spec:
+        # A deep narrow network: `pairs` layers of a kernel and a bias (leaf order: bias, kernel).
+        layers = {f"layer_{i:04d}": {"bias": 0, "kernel": 0} for i in range(spec["pairs"])}
+        treedef = jax.tree.structure(layers)
+        shapes = [spec["kernel"][:1], spec["kernel"]] * spec["pairs"]
+    else:
+        shapes = [spec["shape"]] * spec["leaves"]
+        treedef = jax.tree.structure({f"w_{i:04d}": 0 for i in range(spec["leaves"])})
+    keys = jax.random.split(key, len(shapes))
+    make = jax.jit(
+        lambda k, shape=None: jax.random.normal(k, shape, jnp.float32).astype(dtype),
+        static_argnames="shape",
+    )
+    return jax.tree.unflatten(treedef, [make(k, shape=s) for k, s in zip(keys, shapes)])
+
+
+def _state_bytes(state) -> int:
+    return int(sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state)))
+
+
+def _block(tree):
+    jax.block_until_ready(tree)
+    return tree
+
+
+class _Contender:
+    """One optimiser's compiled step, with its own donated params and state."""
+
+    def __init__(self, name: str, step_fn, params, state, args):
+        self.name = name
+        start = time.perf_counter()
+        self.compiled = (
+            jax.jit(step_fn, donate_argnums=(0, 1)).lower(params, state, *args).compile()
+        )
+        self.compile_seconds = time.perf_counter() - start
+        self.state_bytes = _state_bytes(state)
+        self.params, self.state, self.args = params, state, args
+        self.times: list[float] = []
+
+    def run(self, record: bool) -> None:
+        start = time.perf_counter()
+        self.params, self.state, *_ = _block(self.compiled(self.params, self.state, *self.args))
+        if record:
+            self.times.append(time.perf_counter() - start)
+
+
+def _interleaved(contenders: list[_Contender], repeats: int, warmup: int = 2) -> None:
+    for _ in range(warmup):
+        for contender in contenders:
+            contender.run(record=False)
+    for repeat in range(repeats):
+        # Rotate the order so no optimiser always runs right after the same other one.
+        shift = repeat % len(contenders)
+        for contender in contenders[shift:] + contenders[:shift]:
+            contender.run(record=True)
+
+
+def time_optimizer_steps(
+    tree_name: str, spec: dict, dtype: str, repeats: int, names: list[str]
+) -> list[dict]:
+    """Rows of median step time per optimiser on one parameter tree."""
+    grads = parameter_tree(spec, dtype, seed=1)
+    contenders = []
+    for name in names:
+        optimizer = OPTIMIZERS[name]()
+
+        def step(params, state, grads, optimizer=optimizer):
+            updates, state = optimizer.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        params = parameter_tree(spec, dtype, seed=0)
+        contenders.append(_Contender(name, step, params, optimizer.init(params), (grads,)))
+    _interleaved(contenders, repeats)
+    sgd_ms = float(np.median(contenders[0].times) * 1e3)
+    num_params = int(sum(leaf.size for leaf in jax.tree.leaves(grads)))
+    num_leaves = len(jax.tree.leaves(grads))
+    rows = []
+    for contender in contenders:
+        ms = float(np.median(contender.times) * 1e3)
+        rows.append(
+            {
+                "tree": tree_name,
+                "dtype": dtype,
+                "params": num_params,
+                "leaves": num_leaves,
+                "optimizer": contender.name,
+                "ms": ms,
+                "x_sgd": ms / sgd_ms,
+                "state_bytes": contender.state_bytes,
+                "state_bytes_per_leaf": contender.state_bytes / num_leaves,
+                "compile_s": contender.compile_seconds,
+                "times_ms": [t * 1e3 for t in contender.times],
+            }
+        )
+    del contenders
+    return rows
+
+
+def _cross_entropy(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def _mlp_problem(config: dict):
+    model = mlp.MLP(hidden_sizes=tuple(config["hidden_sizes"]), num_outputs=10)
+    rng = np.random.default_rng(0)
+    inputs = jnp.asarray(rng.normal(size=(config["batch"], config["inputs"])), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, size=config["batch"]), jnp.int32)
+    params = jax.jit(model.init)(jax.random.key(0), inputs)["params"]
+    loss = lambda p, x, y: _cross_entropy(model.apply({"params": p}, x), y)
+    return params, loss, (inputs, labels)
+
+
+def _gpt_problem(config: dict):
+    gpt_config = gpt.gpt_config(config["gpt_preset"])
+    model = gpt.GPT(gpt_config)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(
+        0, gpt_config.vocab_size, size=(config["batch"], gpt_config.context_length + 1)
+    )
+    inputs = jnp.asarray(tokens[:, :-1], jnp.int32)
+    targets = jnp.asarray(tokens[:, 1:], jnp.int32)
+    params = gpt.init_gpt_params(gpt_config, jax.random.key(0))
+    loss = lambda p, x, y: _cross_entropy(model.apply({"params": p}, x), y)
+    return params, loss, (inputs, targets)
+
+
+def time_train_steps(model_name: str, problem, repeats: int, names: list[str]) -> list[dict]:
+    """Median time of a whole jitted train step (forward, backward, update) per optimiser."""
+    params0, loss, batch = problem
+    contenders = []
+    for name in names:
+        optimizer = OPTIMIZERS[name]()
+
+        def train_step(params, state, inputs, labels, optimizer=optimizer):
+            grads = jax.grad(loss)(params, inputs, labels)
+            updates, state = optimizer.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        params = jax.tree.map(jnp.copy, params0)
+        contenders.append(_Contender(name, train_step, params, optimizer.init(params), batch))
+    _interleaved(contenders, repeats)
+    sgd_ms = float(np.median(contenders[0].times) * 1e3)
+    num_params = int(sum(leaf.size for leaf in jax.tree.leaves(params0)))
+    return [
+        {
+            "model": model_name,
+            "params": num_params,
+            "optimizer": c.name,
+            "ms": float(np.median(c.times) * 1e3),
+            "x_sgd": float(np.median(c.times) * 1e3) / sgd_ms,
+            "compile_s": c.compile_seconds,
+        }
+        for c in contenders
+    ]
+
+
+def _bar_plot(path: Path, rows: list[dict], names: list[str], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["tree"], r["dtype"]) for r in rows}, key=lambda g: (g[1], g[0]))
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        ratios = [
+            next(
+                r["x_sgd"] for r in rows if (r["tree"], r["dtype"]) == g and r["optimizer"] == name
+            )
+            for g in groups
+        ]
+        ax.bar(np.arange(len(groups)) + j * width, ratios, width, label=name)
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
+    ax.set_xticklabels([f"{t}\n{d}" for t, d in groups], fontsize=8)
+    ax.set_ylabel("step time / optax.sgd step time")
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=3)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(
+    preset: str,
+    out: Path,
+    repeats: int | None = None,
+    optimizers: list[str] | None = None,
+    trees: list[str] | None = None,
+    dtypes: list[str] | None = None,
+    train_steps: bool = True,
+) -> dict:
+    config = PRESETS[preset]
+    repeats = repeats or config["repeats"]
+    names = ["optax.sgd"] + [n for n in (optimizers or OPTIMIZERS) if n != "optax.sgd"]
+    unknown = sorted(set(names) - set(OPTIMIZERS))
+    if unknown:
+        raise SystemExit(f"unknown optimizers {unknown}; choose from {list(OPTIMIZERS)}")
+    jobs = [
+        (t, spec, d)
+        for t, spec in config["trees"].items()
+        if trees is None or t in trees
+        for d in (dtypes or config["dtypes"])
+    ]
+    rows: list[dict] = []
+    bar = reporting.progress(total=len(jobs) + 2 * train_steps, desc="step speed")
+    for tree_name, spec, dtype in jobs:
+        bar.set_postfix_str(f"{tree_name} {dtype}")
+        rows.extend(time_optimizer_steps(tree_name, spec, dtype, repeats, names))
+        bar.update()
+    train_rows: list[dict] = []
+    if train_steps:
+        train_names = [n for n in TRAIN_STEP_OPTIMIZERS if n in names]
+        bar.set_postfix_str("mlp train step")
+        train_rows += time_train_steps("mlp", _mlp_problem(config["mlp"]), repeats, train_names)
+        bar.update()
+        bar.set_postfix_str("gpt train step")
+        gpt_repeats = max(3, repeats // 3)
+        train_rows += time_train_steps(
+            "gpt", _gpt_problem(config["gpt_train"]), gpt_repeats, train_names
+        )
+        bar.update()
+    bar.close()
+
+    results = {
+        "preset": preset,
+        "repeats": repeats,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "devices": [str(d) for d in jax.devices()],
+            "jax": jax.__version__,
+            "optax": optax.__version__,
+        },
+        "optimizer_steps": rows,
+        "train_steps": train_rows,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    reporting.write_json(out / "step_speed.json", results)
+    _bar_plot(
+        out / "step_speed.png", rows, names, f"Optimiser step time on {jax.devices()[0].platform}"
+    )
+    columns = [
+        "tree",
+        "dtype",
+        "params",
+        "leaves",
+        "optimizer",
+        "ms",
+        "x_sgd",
+        "state_bytes",
+        "compile_s",
+    ]
+    print(reporting.format_table(rows, columns))
+    print()
+    print(
+        reporting.format_table(
+            train_rows, ["model", "params", "optimizer", "ms", "x_sgd", "compile_s"]
+        )
+    )
+    return results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("runs/step_speed"))
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per optimiser")
+    parser.add_argument(
+        "--optimizers", default=None, help=f"comma-separated subset of {list(OPTIMIZERS)}"
+    )
+    parser.add_argument("--trees", default=None, help="comma-separated: few_large,many_small,gpt")
+    parser.add_argument("--dtypes", default=None, help="comma-separated: float32,bfloat16")
+    parser.add_argument("--no-train-steps", action="store_true", help="skip the whole-step timing")
+    args = parser.parse_args(argv)
+    split = lambda text: None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+    run(
+        args.preset,
+        args.out,
+        args.repeats,
+        split(args.optimizers),
+        split(args.trees),
+        split(args.dtypes),
+        train_steps=not args.no_train_steps,
+    )
+
+
+if __name__ == "__main__":
+    main()
