@@ -13,6 +13,7 @@ from fromage_optax._diagnostics import (
     relative_update_norms,
 )
 from fromage_optax._fromage import FromageState, fromage
+from fromage_optax._layer_axes import scanned_layer_axes
 from fromage_optax._scale_by_fromage import ScaleByFromageState, scale_by_fromage
 from fromage_optax._weight_norm import (
     BoundWeightNormState,
@@ -38,4 +39,5 @@ __all__ = (
     "relative_trust_metrics",
     "relative_update_norms",
     "scale_by_fromage",
+    "scanned_layer_axes",
 )

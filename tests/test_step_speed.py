@@ -1,0 +1,57 @@
+"""benchmarks/step_speed.py runs end to end on its quick preset and writes complete results."""
+
+import json
+
+import jax
+import numpy as np
+
+from benchmarks import step_speed
+
+
+def test_parameter_trees_have_the_advertised_sizes():
+    few_large = step_speed.PRESETS["cpu"]["trees"]["few_large"]
+    many_small = step_speed.PRESETS["cpu"]["trees"]["many_small"]
+    sizes = lambda spec: [int(np.prod(s)) for s in _shapes(spec)]
+    assert sum(sizes(few_large)) == 50_000_000 and len(sizes(few_large)) == 100
+    assert sum(sizes(many_small)) == 2_000_000 and len(sizes(many_small)) == 2000
+    tree = step_speed.parameter_tree({"pairs": 3, "kernel": (4, 5)}, "bfloat16", seed=0)
+    assert len(tree) == 3 and tree["layer_0000"]["kernel"].shape == (4, 5)
+    assert tree["layer_0002"]["bias"].dtype == jax.numpy.bfloat16
+
+
+def _shapes(spec):
+    if "pairs" in spec:
+        return [spec["kernel"][:1], spec["kernel"]] * spec["pairs"]
+    return [spec["shape"]] * spec["leaves"]
+
+
+def test_quick_preset_writes_table_json_and_plot(tmp_path, capsys):
+    step_speed.run(
+        "quick",
+        tmp_path,
+        repeats=2,
+        optimizers=["fromage", "fromage p_bound=2", "optax.fromage", "optax.adam"],
+        trees=["many_small", "gpt"],
+    )
+    results = json.loads((tmp_path / "step_speed.json").read_text())
+    assert (tmp_path / "step_speed.png").stat().st_size > 0
+    assert "optimizer" in capsys.readouterr().out
+    rows = results["optimizer_steps"]
+    assert {r["tree"] for r in rows} == {"many_small", "gpt"}
+    for row in rows:
+        assert set(row) >= {"ms", "x_sgd", "state_bytes", "compile_s", "params", "leaves"}
+        assert row["ms"] > 0 and row["compile_s"] > 0 and len(row["times_ms"]) == 2
+    sgd = [r for r in rows if r["optimizer"] == "optax.sgd"]
+    assert all(r["x_sgd"] == 1.0 for r in sgd)
+    for row in rows:
+        if row["optimizer"] == "fromage":
+            assert row["state_bytes"] == 4  # the step count
+        if row["optimizer"] == "fromage p_bound=2":
+            assert row["state_bytes"] <= 4 + 16 * row["leaves"]
+        if row["optimizer"] == "optax.adam":
+            assert row["state_bytes"] >= 8 * row["params"]
+    models = {(r["model"], r["optimizer"]) for r in results["train_steps"]}
+    assert models == {
+        (m, o) for m in ("mlp", "gpt") for o in ("optax.sgd", "optax.adam", "fromage")
+    }
+    assert results["machine"]["devices"]
