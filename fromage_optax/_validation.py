@@ -114,8 +114,9 @@ def check_same_structure(updates: Any, params: Any, name: str) -> None:
         return
     update_paths = leaf_paths(updates)
     param_paths = leaf_paths(params)
-    only_updates = [p for p in update_paths if p not in set(param_paths)]
-    only_params = [p for p in param_paths if p not in set(update_paths)]
+    known_updates, known_params = set(update_paths), set(param_paths)
+    only_updates = [p for p in update_paths if p not in known_params]
+    only_params = [p for p in param_paths if p not in known_updates]
     details = []
     if only_params:
         details.append(f"params have {only_params[0]} but updates do not")
