@@ -57,12 +57,7 @@ def scale_by_fromage(
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        if params is None:
-            raise ValueError(_validation.NO_PARAMS_MSG.format(name=name))
-        _validation.check_same_structure(updates, params, name)
-        _validation.check_float_leaves(params, name)
-        param_leaves, treedef = jax.tree.flatten(params)
-        update_leaves = treedef.flatten_up_to(updates)
+        param_leaves, update_leaves, treedef = _validation.checked_leaves(updates, params, name)
         stats = paired_norm_stats(
             param_leaves,
             update_leaves,

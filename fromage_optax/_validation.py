@@ -129,3 +129,17 @@ def check_same_structure(updates: Any, params: Any, name: str) -> None:
         + "; ".join(details)
         + ". Pass the gradients of exactly these params (same keys, same nesting)."
     )
+
+
+def checked_leaves(updates: Any, params: Any, name: str):
+    """The leaves of params and updates, after the checks every Fromage update needs.
+
+    Returns:
+      (param_leaves, update_leaves, treedef) with treedef the params' structure.
+    """
+    if params is None:
+        raise ValueError(NO_PARAMS_MSG.format(name=name))
+    check_same_structure(updates, params, name)
+    check_float_leaves(params, name)
+    param_leaves, treedef = jax.tree.flatten(params)
+    return param_leaves, treedef.flatten_up_to(updates), treedef
