@@ -314,6 +314,13 @@ class Experiment:
         return np.asarray(images).reshape(self.num_classes, count, side, side)
 
 
+def learning_rate_decay_step(config) -> int:
+    """The step from which the learning rate is divided by 10: ``lr_decay_at`` of the way,
+    rounded to a multiple of ``eval_every`` (the rate changes between jitted chunks)."""
+    eval_every = config["eval_every"]
+    return int(round(config["lr_decay_at"] * config["steps"] / eval_every)) * eval_every
+
+
 def _set_learning_rates(state: gan_models.GANState, learning_rates) -> gan_models.GANState:
     return state._replace(
         generator_opt_state=training.with_learning_rate(state.generator_opt_state, learning_rates),
@@ -350,10 +357,10 @@ def train_models(
     # Models of one seed see the same batches whatever their learning rate.
     rngs = {seed: np.random.default_rng(seed) for seed in seeds}
     eval_every, batch_size = config["eval_every"], config["batch_size"]
-    decay_step = int(round(config["lr_decay_at"] * config["steps"] / eval_every)) * eval_every
+    decay_step = learning_rate_decay_step(config)
 
     history: dict = {"step": [0], "scores": [experiment.score(state.generator_params)]}
-    losses: dict = {}
+    chunk_metrics: dict = {}
     start = time.perf_counter()
     for chunk_start in range(0, config["steps"], eval_every):
         factor = 0.1 if chunk_start >= decay_step else 1.0
@@ -365,11 +372,15 @@ def train_models(
         indices = np.stack([per_seed[seed] for seed in seeds], axis=1).astype(np.int32)
         state, metrics = run_chunk(state, experiment.train_data, indices)
         for key, value in metrics.items():
-            losses.setdefault(key, []).append(np.asarray(value, np.float64).mean(axis=0))
+            chunk_metrics.setdefault(key, []).append(np.asarray(value, np.float64).mean(axis=0))
+        # The rates the chunk actually trained with, read back from the optimiser state.
+        chunk_metrics.setdefault("learning_rate", []).append(
+            np.asarray(state.discriminator_opt_state.hyperparams["learning_rate"], np.float64)
+        )
         history["step"].append(chunk_start + eval_every)
         history["scores"].append(experiment.score(state.generator_params))
         if on_chunk is not None:
-            on_chunk({key: float(np.nanmean(values[-1])) for key, values in losses.items()})
+            on_chunk({key: float(np.nanmean(values[-1])) for key, values in chunk_metrics.items()})
     wall_seconds = time.perf_counter() - start
 
     runs = []
@@ -388,9 +399,10 @@ def train_models(
                 "frechet_distance": scores[-1]["frechet_distance"],
                 "generated_accuracy": scores[-1]["generated_accuracy"],
                 "accuracy_per_class": scores[-1]["accuracy_per_class"],
+                # Means over each chunk of eval_every steps (one fewer than the scores).
                 **{
-                    f"{key}_per_eval": [float(v[index]) for v in vals]
-                    for key, vals in losses.items()
+                    f"{key}_per_chunk": [float(v[index]) for v in vals]
+                    for key, vals in chunk_metrics.items()
                 },
                 # The models of one phase train together: this is the whole phase's time.
                 "phase_wall_seconds": wall_seconds,
@@ -580,6 +592,7 @@ def main(argv=None) -> dict:
     info = {
         "classifier": experiment.classifier_info,
         "real_test_frechet_distance": experiment.real_test_frechet_distance,
+        "lr_decay_step": learning_rate_decay_step(config),
         "platform": jax.devices()[0].platform,
     }
     print(
@@ -599,10 +612,10 @@ def main(argv=None) -> dict:
 
     for name in config["optimizers"]:
 
-        def on_chunk(losses, name=name):
+        def on_chunk(means, name=name):
             bar.update()
             bar.set_postfix_str(
-                f"{name} D {losses['discriminator_loss']:.3f} G {losses['generator_loss']:.3f}"
+                f"{name} D {means['discriminator_loss']:.3f} G {means['generator_loss']:.3f}"
             )
 
         grid = learning_rate_grid(name, config["lr_factors"])

@@ -14,9 +14,13 @@ from benchmarks import data, gan, gan_models, training
 
 def test_quick_preset_writes_runs_summary_and_plots(tmp_path, capsys):
     out = tmp_path / "quick"
-    result = gan.main(["--preset", "quick", "--optimizers", "fromage,adam", "--out", str(out)])
+    result = gan.main(
+        ["--preset", "quick", "--optimizers", "fromage,adam", "--lr-decay-at", "0.5"]
+        + ["--out", str(out)]
+    )
     payload = json.loads((out / "gan.json").read_text())
     assert payload["finished"] is True and payload["config"]["dataset"] == "digits"
+    assert payload["lr_decay_step"] == 10
     assert payload["classifier"]["test_accuracy"] > 0.8
     runs = payload["runs"]
     # 2 optimisers x (2 grid learning rates + 2 seeds at the best one).
@@ -42,7 +46,11 @@ def test_quick_preset_writes_runs_summary_and_plots(tmp_path, capsys):
         assert len(run["frechet_distance_per_eval"]) == 3
         assert all(np.isfinite(d) and d >= 0 for d in run["frechet_distance_per_eval"])
         assert 0.0 <= run["generated_accuracy"] <= 1.0 and len(run["accuracy_per_class"]) == 10
-        assert len(run["discriminator_loss_per_eval"]) == 2
+        assert len(run["discriminator_loss_per_chunk"]) == 2
+        # lr/10 from step 10 (half of 20) on.
+        np.testing.assert_allclose(
+            run["learning_rate_per_chunk"], [run["learning_rate"], run["learning_rate"] / 10]
+        )
         assert run["frechet_distance"] == run["frechet_distance_per_eval"][-1]
     # 20 steps already move the generator away from its initial (far worse) samples.
     for run in runs:
@@ -129,6 +137,7 @@ def test_optimizers_and_presets_follow_the_protocol():
     cpu = gan.parse_args(["--preset", "cpu"])
     assert cpu["dataset"] == "digits" and cpu["batch_size"] == 256 and cpu["seeds"] == (0, 1, 2)
     assert len(cpu["lr_factors"]) == 3 and cpu["lr_decay_at"] == 0.9
+    assert gan.learning_rate_decay_step(cpu) == 14_500  # 0.9 x 16,000 rounded to 500s
     with pytest.raises(SystemExit):
         gan.parse_args(["--optimizers", "rmsprop"])
     with pytest.raises(SystemExit):
