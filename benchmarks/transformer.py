@@ -73,6 +73,8 @@ class TrainingPreset:
       fromage_learning_rates, fromage_p_bounds, adamw_learning_rates,
       sgd_learning_rates, optax_fromage_learning_rates: the grids.
       fromage_schedules: "constant" (the paper) and/or "cosine" for fromage_optax.fromage.
+      fromage_momenta: None (the paper) and/or β: fromage_optax.fromage fed the
+        gradients' exponential moving average ``optax.trace(β)`` (a variant).
     """
 
     model: str
@@ -88,6 +90,7 @@ class TrainingPreset:
     sgd_learning_rates: tuple[float, ...] = (1.0, 0.3, 0.1)
     optax_fromage_learning_rates: tuple[float, ...] = (0.01, 0.003)
     fromage_schedules: tuple[str, ...] = ("constant",)
+    fromage_momenta: tuple[float | None, ...] = (None,)
 
 
 PRESETS = {
@@ -136,12 +139,15 @@ class RunSpec:
     learning_rate: float
     p_bound: float | None = None
     schedule: str = "constant"  # or "cosine": warm-up + cosine decay to lr/10
+    momentum: float | None = None  # fromage only: Fromage steps along an EMA of gradients
 
     @property
     def name(self) -> str:
         name = f"{self.optimizer}_lr{self.learning_rate:g}"
         if self.optimizer == "fromage":
             name += f"_p{self.p_bound:g}" if self.p_bound is not None else "_pNone"
+        if self.optimizer == "fromage" and self.momentum is not None:
+            name += f"_m{self.momentum:g}"
         if self.optimizer in ("fromage", "optax_fromage") and self.schedule != "constant":
             name += f"_{self.schedule}"
         return name
@@ -153,7 +159,8 @@ def grid(preset: TrainingPreset, optimizers: Sequence[str]) -> list[RunSpec]:
     for name in optimizers:
         if name == "fromage":
             runs += [
-                RunSpec(name, lr, p, schedule)
+                RunSpec(name, lr, p, schedule, momentum)
+                for momentum in preset.fromage_momenta
                 for schedule in preset.fromage_schedules
                 for lr in preset.fromage_learning_rates
                 for p in preset.fromage_p_bounds
@@ -192,7 +199,10 @@ def make_optimizer(
 
     Fromage (both implementations) runs at a constant learning rate, as in the
     paper, unless ``run.schedule`` is "cosine" (the same warm-up + cosine as
-    the others). AdamW (weight decay 0.1 on matrices, β₂ = 0.99, as nanoGPT)
+    the others), and sees the raw gradients unless ``run.momentum`` is set:
+    then ``optax.chain(optax.trace(momentum), fromage(...))``, Fromage's
+    per-layer relative step along a moving average of the gradients (not in
+    the paper). AdamW (weight decay 0.1 on matrices, β₂ = 0.99, as nanoGPT)
     and SGD (momentum 0.9) use warm-up + cosine and clip the global gradient
     norm at 1; clipping would not change a Fromage step, which ignores
     gradient scale.
@@ -216,6 +226,8 @@ def _make_optimizer(run: RunSpec, steps: int, warmup_steps: int, layer_axes: Any
         raise ValueError(f"unknown schedule {run.schedule!r}; choose 'constant' or 'cosine'")
     if run.optimizer == "fromage":
         optimizer = fromage_optax.fromage(learning_rate, run.p_bound, layer_axes=layer_axes)
+        if run.momentum is not None:
+            optimizer = optax.chain(optax.trace(decay=run.momentum), optimizer)
     elif run.optimizer == "optax_fromage":
         optimizer = optax.fromage(learning_rate)
     elif run.optimizer == "adamw":
@@ -494,10 +506,12 @@ def summarise_run(run: RunSpec, history: dict, *, tokens_per_step: int) -> dict:
     return {
         "name": run.name,
         "optimizer": run.optimizer,
-        "label": OPTIMIZER_LABELS[run.optimizer],
+        "label": OPTIMIZER_LABELS[run.optimizer]
+        + ("" if run.momentum is None else f" + trace({run.momentum:g})"),
         "learning_rate": run.learning_rate,
         "p_bound": run.p_bound,
         "schedule": run.schedule,
+        "momentum": run.momentum,
         "steps": history["step"][-1],
         "diverged": history["diverged"] or not math.isfinite(final_validation),
         "best_validation_loss": best,
@@ -521,24 +535,34 @@ def _perplexity(loss: float) -> float:
     return math.exp(loss) if math.isfinite(loss) and loss < 700 else math.inf
 
 
+def variant(result: dict) -> str:
+    """The optimiser's name, with "+momentum" for Fromage fed a gradient average."""
+    if result.get("momentum") is not None:
+        return f"{result['optimizer']}+momentum"
+    return result["optimizer"]
+
+
 def best_per_optimizer(results: Sequence[dict]) -> list[dict]:
-    """For each optimiser, its run with the lowest best validation loss."""
+    """For each optimiser (and variant), its run with the lowest best validation loss."""
     best: dict[str, dict] = {}
     for result in results:
-        current = best.get(result["optimizer"])
+        current = best.get(variant(result))
         score = result["best_validation_loss"]
         if current is None or (
             math.isfinite(score)
             and not score >= current["best_validation_loss"]  # NaN-safe comparison
         ):
-            best[result["optimizer"]] = result
-    return [best[name] for name in OPTIMIZER_NAMES if name in best]
+            best[variant(result)] = result
+    order = [v for name in OPTIMIZER_NAMES for v in (name, f"{name}+momentum")]
+    return [best[v] for v in order if v in best]
 
 
 def _setting(result: dict) -> str:
     setting = f"lr={result['learning_rate']:g}"
     if result["optimizer"] == "fromage":
         setting += f", p_bound={result['p_bound']}"
+        if result.get("momentum") is not None:
+            setting += f", momentum={result['momentum']:g}"
     if result["schedule"] == "cosine":
         setting += " (warm-up+cosine)"
     return setting
@@ -560,6 +584,12 @@ def table_rows(results: Sequence[dict]) -> list[dict]:
         }
         for r in results
     ]
+
+
+def _none_or_floats(values: Sequence[str] | None) -> tuple[float | None, ...] | None:
+    if not values:
+        return None
+    return tuple(None if value.lower() == "none" else float(value) for value in values)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -587,6 +617,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         help="Fromage learning-rate schedules to try (default: constant, as the paper)",
     )
     parser.add_argument(
+        "--fromage-momenta",
+        nargs="+",
+        help="'none' (the paper) and/or β: Fromage along optax.trace(β) of the gradients",
+    )
+    parser.add_argument(
         "--scan-layers",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -607,15 +642,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     preset = PRESETS[args.preset]
     overrides = {
         "fromage_learning_rates": args.fromage_lrs,
-        "fromage_p_bounds": (
-            tuple(None if p.lower() == "none" else float(p) for p in args.fromage_p_bounds)
-            if args.fromage_p_bounds
-            else None
-        ),
+        "fromage_p_bounds": _none_or_floats(args.fromage_p_bounds),
         "adamw_learning_rates": args.adamw_lrs,
         "sgd_learning_rates": args.sgd_lrs,
         "optax_fromage_learning_rates": args.optax_fromage_lrs,
         "fromage_schedules": args.fromage_schedules,
+        "fromage_momenta": _none_or_floats(args.fromage_momenta),
     }
     preset = dataclasses.replace(
         preset, **{k: tuple(v) for k, v in overrides.items() if v is not None}
@@ -662,7 +694,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             )
         )
     best = best_per_optimizer(results)
-    by_name = {r["optimizer"]: r for r in best}
+    by_name = {variant(r): r for r in best}
     gap = None
     if "fromage" in by_name and "adamw" in by_name:
         gap = by_name["fromage"]["best_validation_loss"] - by_name["adamw"]["best_validation_loss"]
@@ -672,8 +704,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print("\nEach optimiser at its best setting:")
     print(reporting.format_table(table_rows(best)))
     print("\n" + reporting.format_markdown_table(table_rows(best)))
+    momentum_gap = None
+    if "fromage+momentum" in by_name and "adamw" in by_name:
+        momentum_gap = (
+            by_name["fromage+momentum"]["best_validation_loss"]
+            - by_name["adamw"]["best_validation_loss"]
+        )
     if gap is not None:
         print(f"\nFromage best − AdamW best validation loss: {gap:+.4f} nats/byte")
+    if momentum_gap is not None:
+        print(f"Fromage+momentum best − AdamW best validation loss: {momentum_gap:+.4f} nats/byte")
 
     summary = {
         "benchmark": "transformer",
@@ -693,6 +733,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "runs": results,
         "best": [{k: v for k, v in r.items() if k != "history"} for r in best],
         "fromage_minus_adamw_best_validation_loss": gap,
+        "fromage_momentum_minus_adamw_best_validation_loss": momentum_gap,
     }
     reporting.write_json(out / "transformer.json", summary)
     series = {

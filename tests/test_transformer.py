@@ -5,6 +5,7 @@ import math
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from benchmarks import gpt, transformer
@@ -158,3 +159,23 @@ def test_cosine_fromage_runs_are_named_and_scheduled():
         ratios.append(float(transformer.relative_trust_metrics(state)["max_relative_update_norm"]))
     # Warm-up: no step at count 0, then lr/2, then about lr (Fromage's relative step is ~η).
     np.testing.assert_allclose(ratios, [0.0, 0.05, 0.1], rtol=0.06, atol=1e-7)
+
+
+def test_fromage_momentum_variant_is_separate():
+    preset = transformer.dataclasses.replace(
+        transformer.PRESETS["quick"], fromage_momenta=(None, 0.9)
+    )
+    runs = transformer.grid(preset, ["fromage"])
+    assert [r.name for r in runs] == ["fromage_lr0.01_p1", "fromage_lr0.01_p1_m0.9"]
+    optimizer = transformer.make_optimizer(runs[1], steps=10, warmup_steps=2)
+    state = optimizer.init({"kernel": jax.numpy.ones(3)})
+    assert isinstance(state[0][0], optax.TraceState)
+
+    def result(momentum, loss):
+        return {"optimizer": "fromage", "momentum": momentum, "best_validation_loss": loss}
+
+    best = transformer.best_per_optimizer([result(0.9, 1.0), result(None, 2.0), result(None, 1.5)])
+    assert [(transformer.variant(r), r["best_validation_loss"]) for r in best] == [
+        ("fromage", 1.5),
+        ("fromage+momentum", 1.0),
+    ]
