@@ -1,9 +1,10 @@
 """The Fromage paper's GAN experiment: a class-conditional GAN trained with Fromage, Adam and SGD.
 
-Protocol (Bernstein et al., 2020, Section 5; their GAN was a class-conditional
-GAN on CIFAR-10 scored by FID): the same optimiser and learning rate for the
+Protocol (Bernstein et al., 2020; their GAN was a class-conditional GAN on
+CIFAR-10 scored by FID): the same optimiser and learning rate for the
 generator and the discriminator; Adam with betas (0, 0.999); the learning rate
-divided by 10 near the end (here for the last ``1 − lr_decay_at`` of the steps);
+divided by 10 near the end (here after ``lr_decay_at`` of the steps, rounded to a
+multiple of ``eval_every``);
 batch 256; the authors' tuned rates were Fromage 0.01, Adam 1e-4, SGD 0.01.
 Optimisers: ``fromage`` (`fromage_optax.fromage`), ``adam``
 (``optax.adam(b1=0, b2=0.999)``), ``sgd`` (plain ``optax.sgd``) and
@@ -23,12 +24,12 @@ in the optimiser state (``optax.inject_hyperparams``), and every
 train step once.
 
 Score (`benchmarks.frechet`): the Fréchet distance between Gaussians fitted to
-the features of the real training images and of as many generated images per
-class, in the last hidden layer of a classifier trained on the same data
-(seeded, cached in ``--out``); and that classifier's accuracy on generated
-images of each requested class (does the conditioning work?). The models are the
-MLP generator and projection discriminator of `benchmarks.gan_models`, trained
-with the hinge loss.
+the features of the real training images and of ``eval_samples_per_class``
+generated images of each class (fixed latents), in the last hidden layer of a
+classifier trained on the same data (seeded, cached in ``--out``); and that
+classifier's accuracy on generated images of each requested class (does the
+conditioning work?). The models are the MLP generator and projection
+discriminator of `benchmarks.gan_models`, trained with the hinge loss.
 
   python -m benchmarks.gan --preset quick   # seconds (tests)
   python -m benchmarks.gan --preset cpu     # scikit-learn's 8×8 digits, 2 CPU cores
@@ -58,7 +59,7 @@ from benchmarks import data as data_lib
 from benchmarks import frechet, gan_models, reporting, training
 
 OPTIMIZER_NAMES = ("fromage", "adam", "sgd", "optax_fromage")
-# The authors' best learning rates after tuning (paper, Section 5).
+# The authors' best learning rates for their GAN after tuning.
 PAPER_BEST_LEARNING_RATES = {"fromage": 0.01, "adam": 1e-4, "sgd": 0.01, "optax_fromage": 0.01}
 OPTIMIZER_LABELS = {
     "fromage": "fromage_optax.fromage",
@@ -82,9 +83,10 @@ PRESETS = {
         "classifier_epochs": 10,
         "eval_samples_per_class": 16,
     },
-    # scikit-learn's digits on 2 busy CPU cores: 500 steps of 3 stacked models took about
-    # 4.7 s (load average 3.6), so 8 phases x 16,000 steps take about 20 minutes, plus
-    # about 10 s of compilation per optimiser and 5 s for the classifier.
+    # scikit-learn's digits on 2 busy CPU cores: 1,000 steps of 3 stacked models (and two
+    # scores) took 8.3-8.8 s at load average 2.6-3.6, so 8 phases (4 optimisers x grid and
+    # seeds) x 16,000 steps take about 18-19 minutes, plus a few seconds of compilation
+    # per optimiser and for the classifier: about 20 minutes, 30 on a busier machine.
     "cpu": {
         "dataset": "digits",
         "steps": 16_000,

@@ -22,7 +22,7 @@ discriminator, both with the same optimiser (and learning rate).
 References:
   Miyato & Koyama, "cGANs with Projection Discriminator", ICLR 2018.
   Bernstein et al., "On the distance between two neural networks and the
-  stability of learning", NeurIPS 2020 (arXiv 2002.03432), Section 5.
+  stability of learning", NeurIPS 2020 (arXiv 2002.03432).
 """
 
 from __future__ import annotations
