@@ -45,6 +45,11 @@ class GPTConfig:
       scan_layers: stack the blocks with ``nn.scan`` (one compiled block, block
         parameters with a leading layer axis).
       dtype: computation dtype (parameters are always float32).
+      init: "gpt2": every matrix and embedding normal with std 0.02, the residual
+        projections 0.02/√(2·num_layers) (GPT-2, nanoGPT); "lecun": every Dense
+        kernel normal with std 1/√fan_in and embeddings with std 1/√width, which
+        gives weights several times larger (norm-preserving optimisers such as
+        Fromage keep roughly the initial scale).
     """
 
     vocab_size: int = 256
@@ -56,12 +61,15 @@ class GPTConfig:
     tie_embeddings: bool = True
     scan_layers: bool = False
     dtype: str = "float32"
+    init: str = "gpt2"
 
     def __post_init__(self):
         if self.width % self.num_heads:
             raise ValueError(
                 f"GPTConfig: width {self.width} is not divisible by num_heads {self.num_heads}."
             )
+        if self.init not in ("gpt2", "lecun"):
+            raise ValueError(f"GPTConfig: init must be 'gpt2' or 'lecun', got {self.init!r}.")
         for field in ("vocab_size", "context_length", "num_layers", "num_heads", "width"):
             if getattr(self, field) < 1:
                 raise ValueError(f"GPTConfig: {field} must be positive.")
@@ -108,9 +116,18 @@ def _dense(features: int, name: str, config: GPTConfig, stddev: float = 0.02) ->
     return nn.Dense(
         features,
         dtype=jnp.dtype(config.dtype),
-        kernel_init=nn.initializers.normal(stddev),
+        kernel_init=(
+            nn.initializers.lecun_normal()
+            if config.init == "lecun"
+            else nn.initializers.normal(stddev)
+        ),
         name=name,
     )
+
+
+def _embedding_init(config: GPTConfig):
+    stddev = 1 / math.sqrt(config.width) if config.init == "lecun" else 0.02
+    return nn.initializers.normal(stddev)
 
 
 class CausalSelfAttention(nn.Module):
@@ -178,13 +195,13 @@ class GPT(nn.Module):
         embed = nn.Embed(
             config.vocab_size,
             config.width,
-            embedding_init=nn.initializers.normal(0.02),
+            embedding_init=_embedding_init(config),
             dtype=dtype,
             name="token_embedding",
         )
         positions = self.param(
             "position_embedding",
-            nn.initializers.normal(0.02),
+            _embedding_init(config),
             (config.context_length, config.width),
         )
         x = embed(tokens) + positions[:length].astype(dtype)

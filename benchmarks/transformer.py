@@ -629,6 +629,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "(default: the preset's choice)",
     )
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="computation dtype")
+    parser.add_argument(
+        "--init", choices=("gpt2", "lecun"), help="weight initialisation (default: gpt2)"
+    )
     parser.add_argument("--checkpoint-every", type=int, default=0, help="Orbax checkpoint period")
     parser.add_argument("--resume", action="store_true", help="continue runs from checkpoints")
     parser.add_argument(
@@ -659,6 +662,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         model_overrides["scan_layers"] = args.scan_layers
     if args.dtype:
         model_overrides["dtype"] = args.dtype
+    if args.init:
+        model_overrides["init"] = args.init
     config = gpt.gpt_config(preset.model, **model_overrides)
     corpus = text_data.load_corpus(args.data, args.data_dir)
     model = gpt_model(config)

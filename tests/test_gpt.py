@@ -129,3 +129,25 @@ def test_fromage_step_on_scanned_blocks_matches_per_block_step(p_bound):
     chex.assert_trees_all_close(
         _fromage_step(scanned_opt, scanned_params, scanned_grads), expected, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("init", ["gpt2", "lecun"])
+def test_initial_weight_scales(init):
+    config = gpt.gpt_config("cpu", init=init)
+    params = gpt.init_gpt_params(config, jax.random.key(0))
+    width, layers = config.width, config.num_layers
+    if init == "gpt2":
+        expected = {"qkv": 0.02, "mlp_out": 0.02 / np.sqrt(2 * layers), "embedding": 0.02}
+    else:
+        expected = {"qkv": width**-0.5, "mlp_out": (4 * width) ** -0.5, "embedding": width**-0.5}
+    block = params["block_0"]
+    measured = {
+        "qkv": np.std(block["attention"]["qkv"]["kernel"]),
+        "mlp_out": np.std(block["mlp_out"]["kernel"]),
+        "embedding": np.std(params["token_embedding"]["embedding"]),
+    }
+    for name, std in expected.items():
+        assert measured[name] == pytest.approx(std, rel=0.05), name
+    assert not np.any(block["mlp_in"]["bias"])
+    with pytest.raises(ValueError, match="init"):
+        gpt.gpt_config("cpu", init="xavier")
