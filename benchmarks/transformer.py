@@ -491,7 +491,8 @@ def train_run(
     bar.close()
     if checkpointer:
         checkpointer.close()
-    history["wall_time_s"] += time.perf_counter() - segment_started
+    if first_step < steps:  # a finished run only loaded from its checkpoint adds no time
+        history["wall_time_s"] += time.perf_counter() - segment_started
     return summarise_run(run, history, tokens_per_step=batch_size * context)
 
 
