@@ -6,6 +6,8 @@ import numpy as np
 import optax
 import pytest
 from _reference import reference_step, relative_error
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fromage_optax
 
@@ -174,3 +176,35 @@ def test_state_is_small_and_counts_steps():
     np.testing.assert_allclose(bounded.initial_norms["a"].reshape(()), 100.0, rtol=1e-6)
     _, state = fromage_optax.fromage(0.1).update(params, state, params)
     assert int(state.count) == 1
+
+
+@settings(max_examples=8)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.integers(1, 5), min_size=0, max_size=4).map(tuple),
+            st.sampled_from(["random", "zero_param", "zero_grad"]),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.sampled_from([None, 1.0, 2.0]),
+    st.floats(1e-3, 0.5),
+    st.integers(0, 2**16),
+)
+def test_random_trees_match_reference(leaves, p_bound, learning_rate, seed):
+    rng = np.random.default_rng(seed)
+    params, grads = {}, {}
+    for i, (shape, kind) in enumerate(leaves):
+        params[f"leaf{i}"] = np.asarray(rng.normal(size=shape) * (kind != "zero_param"), np.float32)
+        grads[f"leaf{i}"] = np.asarray(rng.normal(size=shape) * (kind != "zero_grad"), np.float32)
+    for build in ("fused", "chain"):
+        optimizer = (
+            fromage_optax.fromage(learning_rate, p_bound)
+            if build == "fused"
+            else fromage_chain(learning_rate, p_bound)
+        )
+        later = make_grads(seed, params, steps=1)[0]
+        later = {k: v * np.any(grads[k] != 0) for k, v in later.items()}  # zero stays zero
+        steps = [grads, later]
+        run_and_compare(optimizer, params, steps, [learning_rate] * 2, p_bound, 1e-6, jit=True)
