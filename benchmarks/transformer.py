@@ -28,6 +28,7 @@ References:
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import functools
 import math
@@ -442,11 +443,11 @@ def train_run(
             history[key].append(float(np.mean(values)) if values else None)
 
     def save(step):
-        # Wall time so far goes into the checkpoint, so a resumed run reports the total.
-        saved_wall_time = history["wall_time_s"]
-        history["wall_time_s"] += time.perf_counter() - segment_started
-        checkpointer.save(step, state, history)
-        history["wall_time_s"] = saved_wall_time
+        # A snapshot: Orbax writes the JSON in the background, after `history`
+        # has moved on. Wall time so far goes in, so a resumed run reports the total.
+        snapshot = copy.deepcopy(history)
+        snapshot["wall_time_s"] += time.perf_counter() - segment_started
+        checkpointer.save(step, state, snapshot)
 
     if first_step == 0:
         record(0, [])

@@ -70,7 +70,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     common = ["--preset", "quick", "--optimizers", "fromage", "--scan-layers", "--no-progress"]
     common += ["--data", str(text_file), "--checkpoint-every", "4"]
     straight = transformer.main(common + ["--steps", "8", "--out", str(tmp_path / "straight")])
-    transformer.main(common + ["--steps", "4", "--out", str(tmp_path / "resumed")])
+    first_part = transformer.main(common + ["--steps", "4", "--out", str(tmp_path / "resumed")])
     resumed = transformer.main(
         common + ["--steps", "8", "--resume", "--out", str(tmp_path / "resumed")]
     )
@@ -81,6 +81,8 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     np.testing.assert_allclose(got["final_validation_loss"], expected["final_validation_loss"])
     np.testing.assert_allclose(got["final_train_loss"], expected["final_train_loss"])
     assert got["final_validation_loss"] < got["history"]["validation_loss"][0]
+    # The checkpoint carries the first part's wall time; the resumed run adds its own.
+    assert got["wall_time_s"] > first_part["runs"][0]["wall_time_s"] > 0
     assert (tmp_path / "resumed" / "checkpoints" / "fromage_lr0.01_p1" / "8").is_dir()
 
 
