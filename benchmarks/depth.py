@@ -52,7 +52,7 @@ PRESETS = {
         "epochs": 2,
         "seeds": (0,),
     },
-    # About 30 minutes on 2 busy CPU cores. Compute per step grows as width² x depth,
+    # 17 minutes measured on 2 shared CPU cores. Compute per step grows as width² x depth,
     # so a narrow net buys the most steps; 4,000 training images make an epoch only
     # 16 steps (the paper's has 240), hence 60 epochs.
     "cpu": {
