@@ -1,1 +1,4 @@
-"""Flax examples and experiment scripts for fromage_optax (run from the repo root: python -m benchmarks.X)."""
+"""Flax examples and experiment scripts for fromage_optax.
+
+Run them from the repository root: ``python -m benchmarks.<name>``.
+"""
