@@ -303,6 +303,7 @@ def write_outputs(config, runs: list[dict], *, finished: bool, plots: bool = Tru
     (out / "depth.md").write_text(reporting.format_markdown_table(rows) + "\n")
     if plots:
         write_plots(config, best, optimizers, depths)
+        write_trust_over_training_plot(config, runs, best, optimizers, depths)
     return {"rows": rows, **summary}
 
 
@@ -340,6 +341,37 @@ def write_plots(config, best: dict, optimizers, depths) -> None:
         xlabel="depth (hidden layers)",
         ylabel="‖ΔW‖/‖W‖ per step (run average)",
         title=title + " (at the best lr)",
+        logy=True,
+    )
+
+
+def trust_plot_depth(depths) -> int:
+    """The depth shown over training: 16 layers (deep, yet trainable here) or the nearest run."""
+    return min(depths, key=lambda d: (abs(d - 16), -d))
+
+
+def write_trust_over_training_plot(config, runs, best: dict, optimizers, depths) -> None:
+    """deep_relative_trust.png: ∏(1 + ‖ΔW‖/‖W‖) − 1 per epoch at one deep depth, best lr each."""
+    depth = trust_plot_depth(depths)
+    series = {}
+    for optimizer in optimizers:
+        if (optimizer, depth) not in best:
+            continue
+        lr = best[(optimizer, depth)]["learning_rate"]
+        group = [
+            r
+            for r in runs
+            if (r["optimizer"], r["depth"], r["learning_rate"]) == (optimizer, depth, lr)
+        ]
+        per_epoch = np.mean([_floats(r["deep_relative_trust_per_epoch"]) for r in group], axis=0)
+        label = f"{training.OPTIMIZER_LABELS[optimizer]} (lr {lr:g})"
+        series[label] = (list(range(1, len(per_epoch) + 1)), [float(v) for v in per_epoch])
+    reporting.line_plot(
+        Path(config["out"]) / "deep_relative_trust.png",
+        series,
+        xlabel="epoch",
+        ylabel="deep relative trust ∏(1 + ‖ΔW‖/‖W‖) − 1 (epoch mean)",
+        title=f"{config['dataset']}, {depth} hidden layers of width {config['width']}, best lr",
         logy=True,
     )
 

@@ -55,7 +55,7 @@ def test_quick_preset_writes_every_run_and_the_plots(tmp_path):
     best = {(b["optimizer"], b["depth"]): b for b in payload["summary"]["best"]}
     assert best[("fromage", 2)]["train_accuracy"] > 0.3
     assert set(payload["summary"]["deepest_trainable"]) == {"fromage"}
-    for name in ("depth.png", "relative_trust.png"):
+    for name in ("depth.png", "relative_trust.png", "deep_relative_trust.png"):
         assert (out / name).stat().st_size > 1000
     assert "deepest" in (out / "depth.md").read_text()
     assert summary["rows"][-2]["depth"].startswith("deepest")
