@@ -137,6 +137,7 @@ def _fake_run(optimizer, depth_, lr, accuracy, seed=0):
         "accuracy_per_epoch": [accuracy],
         "mean_relative_update_norm_per_epoch": [lr],
         "max_relative_update_norm_per_epoch": [lr],
+        "deep_relative_trust_per_epoch": [2 * lr],
     }
 
 
