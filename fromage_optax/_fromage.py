@@ -10,7 +10,7 @@ import optax
 
 from fromage_optax import _leaf_options, _validation
 from fromage_optax._learning_rate import learning_rate_at, norm_control
-from fromage_optax._norms import accumulation_dtype, paired_norm_stats, tensor_norms
+from fromage_optax._norms import accumulation_dtype, grouped_pair_stats, tensor_norms
 
 
 class FromageState(NamedTuple):
@@ -34,9 +34,8 @@ def bounded_norm_factor(new_norm, initial_norm, p_bound):
     return exceeds, jnp.where(exceeds, bound / jnp.where(exceeds, new_norm, 1), 1)
 
 
-def _fromage_leaf_update(param, update, stats, initial_norm, learning_rate, p_bound):
-    """W' − W for one tensor, all three steps fused into one elementwise pass."""
-    dtype = jnp.promote_types(accumulation_dtype(param.dtype), update.dtype)
+def _step_coefficients(stats, initial_norm, learning_rate, p_bound, dtype):
+    """(a, b) with W' − W = a·W + b·g, from the norms (any shape, broadcast together)."""
     param_norm = stats.param_norm.astype(dtype)
     update_norm = stats.update_norm.astype(dtype)
     eta = jnp.asarray(learning_rate, dtype)
@@ -60,9 +59,33 @@ def _fromage_leaf_update(param, update, stats, initial_norm, learning_rate, p_bo
         exceeds, factor = bounded_norm_factor(new_norm, initial_norm.astype(dtype), p_bound)
         param_coefficient = jnp.where(exceeds, factor * shrink - 1, shrink_minus_one)
         update_coefficient = factor * update_coefficient
+    return param_coefficient, update_coefficient
 
-    new_update = param_coefficient * param.astype(dtype) + update_coefficient * update.astype(dtype)
-    return new_update.astype(param.dtype)
+
+def _fromage_updates(param_leaves, update_leaves, groups, initial_norms, learning_rate, p_bound):
+    """W' − W for every leaf: one elementwise pass per tensor.
+
+    The scalar part (norm ratios, the bound) is computed per group of tensors
+    whose norms were reduced together, so a tree of thousands of small tensors
+    compiles to a few scalar operations per group rather than per tensor.
+    """
+    new_leaves: list = [None] * len(param_leaves)
+    for group in groups:
+        first = group.indices[0]
+        # A group's leaves share their dtypes (see `_norms._make_groups`).
+        dtype = jnp.promote_types(
+            accumulation_dtype(param_leaves[first].dtype), update_leaves[first].dtype
+        )
+        initial_norm = None if p_bound is None else group.stacked_like(initial_norms)
+        param_coefficient, update_coefficient = _step_coefficients(
+            group.stats, initial_norm, learning_rate, p_bound, dtype
+        )
+        for position, i in enumerate(group.indices):
+            w, g = param_leaves[i], update_leaves[i]
+            new_w = group.member(param_coefficient, position) * w.astype(dtype)
+            new_g = group.member(update_coefficient, position) * g.astype(dtype)
+            new_leaves[i] = (new_w + new_g).astype(w.dtype)
+    return new_leaves
 
 
 def fromage(
@@ -159,7 +182,7 @@ def fromage(
             if p_bound is None
             else treedef.flatten_up_to(state.initial_norms)
         )
-        stats = paired_norm_stats(
+        groups = grouped_pair_stats(
             param_leaves,
             update_leaves,
             _leaf_options.per_leaf_layer_axes(layer_axes, params),
@@ -169,10 +192,9 @@ def fromage(
             bound_norms=None if p_bound is None else initial_norms,
         )
         eta = learning_rate_at(learning_rate, state.count)
-        new_leaves = [
-            _fromage_leaf_update(w, g, s, n0, eta, p_bound)
-            for w, g, s, n0 in zip(param_leaves, update_leaves, stats, initial_norms)
-        ]
+        new_leaves = _fromage_updates(
+            param_leaves, update_leaves, groups, initial_norms, eta, p_bound
+        )
         new_state = FromageState(optax.safe_increment(state.count), state.initial_norms)
         return jax.tree.unflatten(treedef, new_leaves), new_state
 

@@ -202,8 +202,32 @@ def _safe(sum_of_squares):
     return (sum_of_squares >= low) & (sum_of_squares < jnp.inf)
 
 
-def _stats(tensors, partners, layer_axes, axis_names, with_dot, bound_norms=None):
-    """[(norms, cosine)] per leaf; norms of `tensors` (and `partners`).
+class GroupStats(NamedTuple):
+    """Norms of a group of leaves reduced together.
+
+    Attributes:
+      indices: the leaves in the group.
+      stacked: whether the values have a leading axis indexing the members (one
+        entry per member); otherwise the group is the single leaf `indices[0]`.
+      stats: the group's `PairStats` (`update_norm` None for a single source).
+    """
+
+    indices: tuple[int, ...]
+    stacked: bool
+    stats: PairStats
+
+    def member(self, value, position: int):
+        """`value` (group-shaped, or a scalar shared by the group) for its `position`-th leaf."""
+        return value[position] if self.stacked and jnp.ndim(value) else value
+
+    def stacked_like(self, per_leaf):
+        """Per-leaf keepdims-shaped arrays of the group's leaves, shaped like its values."""
+        members = [per_leaf[i] for i in self.indices]
+        return jnp.stack(members) if self.stacked else members[0]
+
+
+def _grouped_stats(tensors, partners, layer_axes, axis_names, with_dot, bound_norms=None):
+    """[GroupStats] covering every leaf once; norms of `tensors` (and `partners`).
 
     `bound_norms`: optional per-leaf ‖W₀‖ of p_bound (keepdims shapes); a slice
     with ‖W₀‖ = 0 is held exactly at zero, so its zero sum of squares is exact.
@@ -239,11 +263,28 @@ def _stats(tensors, partners, layer_axes, axis_names, with_dot, bound_norms=None
     else:  # Outside jit the answer is known: branch in Python, compile nothing.
         per_group = from_plain_sums(sums) if bool(all_trusted) else rescaled(sums)
 
+    return [
+        GroupStats(
+            group.indices,
+            group.stacked,
+            PairStats(
+                values[0],
+                values[1] if partners is not None else None,
+                values[-1] if with_dot else None,
+            ),
+        )
+        for group, values in zip(groups, per_group)
+    ]
+
+
+def _stats(tensors, partners, layer_axes, axis_names, with_dot, bound_norms=None):
+    """[PairStats] per leaf (see `_grouped_stats`), each in the leaf's keepdims shape."""
     per_leaf: list = [None] * len(tensors)
-    for group, values in zip(groups, per_group):
+    for group in _grouped_stats(tensors, partners, layer_axes, axis_names, with_dot, bound_norms):
         for position, i in enumerate(group.indices):
-            picked = [v[position] if group.stacked else v for v in values]
-            per_leaf[i] = (picked[: len(sources)], picked[-1] if with_dot else None)
+            per_leaf[i] = PairStats(
+                *(None if v is None else group.member(v, position) for v in group.stats)
+            )
     return per_leaf
 
 
@@ -275,8 +316,24 @@ def paired_norm_stats(
       One `PairStats` per leaf; every array has the leaf's rank with size 1 on
       the reduced axes, in the accumulation dtype.
     """
-    stats = _stats(params, updates, layer_axes, axis_names, with_cosine, bound_norms)
-    return [PairStats(norms[0], norms[1], cosine) for norms, cosine in stats]
+    return _stats(params, updates, layer_axes, axis_names, with_cosine, bound_norms)
+
+
+def grouped_pair_stats(
+    params: Sequence[jax.Array],
+    updates: Sequence[jax.Array],
+    layer_axes: Sequence[tuple[int, ...]],
+    axis_names: Sequence[tuple[str, ...]],
+    with_cosine: bool,
+    bound_norms: Sequence[jax.Array] | None = None,
+) -> list[GroupStats]:
+    """`paired_norm_stats` before it is split per leaf: one `GroupStats` per group
+    of leaves reduced together, covering every leaf once.
+
+    Per-tensor scalar work done on these group-shaped values (rather than per
+    leaf) compiles to a few operations per group instead of a few per leaf.
+    """
+    return _grouped_stats(params, updates, layer_axes, axis_names, with_cosine, bound_norms)
 
 
 def tensor_norms(
@@ -285,4 +342,4 @@ def tensor_norms(
     axis_names: Sequence[tuple[str, ...]],
 ) -> list[jax.Array]:
     """‖W‖ for every leaf (per layer slice), overflow-proof, keepdims shapes."""
-    return [norms[0] for norms, _ in _stats(tensors, None, layer_axes, axis_names, False)]
+    return [stats.param_norm for stats in _stats(tensors, None, layer_axes, axis_names, False)]
