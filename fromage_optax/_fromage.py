@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -62,6 +63,51 @@ def _step_coefficients(stats, initial_norm, learning_rate, p_bound, dtype):
     return param_coefficient, update_coefficient
 
 
+def _step_dtype(param_leaves, update_leaves, group):
+    """The dtype a group's step is computed in (its leaves share their dtypes)."""
+    first = group.indices[0]
+    return jnp.promote_types(
+        accumulation_dtype(param_leaves[first].dtype), update_leaves[first].dtype
+    )
+
+
+def _could_pass_bound(stats, initial_norm, learning_rate, p_bound, dtype):
+    """Where the step could take ‖W'‖ past p·‖W₀‖ for some cos(W, g).
+
+    Elsewhere the bound leaves the step alone whatever the cosine is: ‖W'‖ is at
+    most ‖W‖(1 + η)/√(1 + η²) (at cos = −1); a tensor that is zero at init is
+    set to zero; and a step without the norm ratio does not use the cosine.
+    """
+    param_norm = stats.param_norm.astype(dtype)
+    update_norm = stats.update_norm.astype(dtype)
+    initial_norm = initial_norm.astype(dtype)
+    eta = jnp.asarray(learning_rate, dtype)
+    shrink, _ = norm_control(learning_rate, dtype)
+    # The margin covers the rounding of `_step_coefficients`' ‖W'‖ (a few ulps).
+    margin = 1 + 64 * jnp.finfo(dtype).eps
+    largest_new_norm = shrink * param_norm * (1 + eta) * margin
+    bound = jnp.asarray(p_bound, dtype) * initial_norm
+    use_ratio = (param_norm > 0) & (update_norm > 0)
+    return use_ratio & (initial_norm > 0) & ~(largest_new_norm <= bound)
+
+
+def _any_could_pass_bound(param_leaves, update_leaves, initial_norms, eta, p_bound, groups):
+    """Whether any tensor could pass its bound this step (else ⟨W, g⟩ is not needed)."""
+    flags = [
+        jnp.any(
+            _could_pass_bound(
+                group.stats,
+                group.stacked_like(initial_norms),
+                eta,
+                p_bound,
+                _step_dtype(param_leaves, update_leaves, group),
+            )
+        )
+        for group in groups
+    ]
+    return jnp.any(jnp.stack(flags))
+
+
 def _fromage_updates(param_leaves, update_leaves, groups, initial_norms, learning_rate, p_bound):
     """W' − W for every leaf: one elementwise pass per tensor.
 
@@ -71,11 +117,7 @@ def _fromage_updates(param_leaves, update_leaves, groups, initial_norms, learnin
     """
     new_leaves: list = [None] * len(param_leaves)
     for group in groups:
-        first = group.indices[0]
-        # A group's leaves share their dtypes (see `_norms._make_groups`).
-        dtype = jnp.promote_types(
-            accumulation_dtype(param_leaves[first].dtype), update_leaves[first].dtype
-        )
+        dtype = _step_dtype(param_leaves, update_leaves, group)
         initial_norm = None if p_bound is None else group.stacked_like(initial_norms)
         param_coefficient, update_coefficient = _step_coefficients(
             group.stats, initial_norm, learning_rate, p_bound, dtype
@@ -182,6 +224,8 @@ def fromage(
             if p_bound is None
             else treedef.flatten_up_to(state.initial_norms)
         )
+
+        eta = learning_rate_at(learning_rate, state.count)
         groups = grouped_pair_stats(
             param_leaves,
             update_leaves,
@@ -190,8 +234,12 @@ def fromage(
             with_cosine=p_bound is not None,
             # Under p_bound a tensor that started at zero is held exactly at zero.
             bound_norms=None if p_bound is None else initial_norms,
+            cosine_needed=None
+            if p_bound is None
+            else functools.partial(
+                _any_could_pass_bound, param_leaves, update_leaves, initial_norms, eta, p_bound
+            ),
         )
-        eta = learning_rate_at(learning_rate, state.count)
         new_leaves = _fromage_updates(
             param_leaves, update_leaves, groups, initial_norms, eta, p_bound
         )

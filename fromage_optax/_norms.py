@@ -168,6 +168,13 @@ def _plain_sums(groups, sources, with_dot):
     return per_group
 
 
+def _plain_cosine(group, sources, norms):
+    """cos(W, g) of a group from a plain inner product and its (trusted) plain norms."""
+    xs = _group_inputs(group, sources)
+    dot = _psum(jnp.sum(xs[0] * xs[1], axis=group.reduce_axes, keepdims=True), group.axis_names)
+    return dot / norms[0] / norms[1]
+
+
 def _rescaled_norms(group, sources, with_dot):
     """Norms (and cosine) of a group with every slice scaled by a power of two first."""
     scaled = []
@@ -226,17 +233,31 @@ class GroupStats(NamedTuple):
         return jnp.stack(members) if self.stacked else members[0]
 
 
-def _grouped_stats(tensors, partners, layer_axes, axis_names, with_dot, bound_norms=None):
+def _grouped_stats(
+    tensors,
+    partners,
+    layer_axes,
+    axis_names,
+    with_dot,
+    bound_norms=None,
+    cosine_needed=None,
+):
     """[GroupStats] covering every leaf once; norms of `tensors` (and `partners`).
 
     `bound_norms`: optional per-leaf ‖W₀‖ of p_bound (keepdims shapes); a slice
     with ‖W₀‖ = 0 is held exactly at zero, so its zero sum of squares is exact.
+
+    `cosine_needed` (with `with_dot`): optional callable taking the groups'
+    `GroupStats` without cosines and returning whether any cosine is needed (a
+    boolean scalar). When it returns False the inner products are not computed
+    (one pass over the tensors fewer) and every cosine is reported as −1.
     """
     if not tensors:
         return []
     groups = _make_groups(tensors, partners, layer_axes, axis_names)
     sources = [tensors] if partners is None else [tensors, partners]
-    sums = _plain_sums(groups, sources, with_dot)
+    lazy_dot = with_dot and cosine_needed is not None
+    sums = _plain_sums(groups, sources, with_dot and not lazy_dot)
 
     flags = []
     for group, group_sums in zip(groups, sums):
@@ -250,18 +271,39 @@ def _grouped_stats(tensors, partners, layer_axes, axis_names, with_dot, bound_no
                 trusted = trusted | ((bound == 0) & (sum_of_squares == 0))
             flags.append(jnp.all(trusted))
     all_trusted = jnp.all(jnp.stack(flags))
+    plain = [_norms_from_sums(group_sums, with_dot and not lazy_dot) for group_sums in sums]
 
-    def from_plain_sums(sums):
-        return [_norms_from_sums(group_sums, with_dot) for group_sums in sums]
+    def from_plain_sums(plain):
+        return plain
 
-    def rescaled(sums):
-        del sums
+    def rescaled(plain):
+        del plain
         return [_rescaled_norms(group, sources, with_dot) for group in groups]
 
-    if isinstance(all_trusted, jax.core.Tracer):
-        per_group = lax.cond(all_trusted, from_plain_sums, rescaled, sums)
+    def without_cosines(plain):
+        return [norms + [jnp.full_like(norms[0], -1)] for norms in plain]
+
+    def with_plain_cosines(plain):
+        return [
+            norms + [_plain_cosine(group, sources, norms)] for group, norms in zip(groups, plain)
+        ]
+
+    if lazy_dot:
+        need = cosine_needed(
+            [
+                GroupStats(g.indices, g.stacked, PairStats(n[0], n[1], None))
+                for g, n in zip(groups, plain)
+            ]
+        )
+        branches = [without_cosines, with_plain_cosines, rescaled]
+        index = jnp.where(all_trusted, jnp.where(need, 1, 0), 2)
+    else:
+        branches = [rescaled, from_plain_sums]
+        index = all_trusted.astype(jnp.int32)
+    if isinstance(index, jax.core.Tracer):
+        per_group = lax.switch(index, branches, plain)
     else:  # Outside jit the answer is known: branch in Python, compile nothing.
-        per_group = from_plain_sums(sums) if bool(all_trusted) else rescaled(sums)
+        per_group = branches[int(index)](plain)
 
     return [
         GroupStats(
@@ -326,14 +368,21 @@ def grouped_pair_stats(
     axis_names: Sequence[tuple[str, ...]],
     with_cosine: bool,
     bound_norms: Sequence[jax.Array] | None = None,
+    cosine_needed=None,
 ) -> list[GroupStats]:
     """`paired_norm_stats` before it is split per leaf: one `GroupStats` per group
     of leaves reduced together, covering every leaf once.
 
     Per-tensor scalar work done on these group-shaped values (rather than per
     leaf) compiles to a few operations per group instead of a few per leaf.
+
+    `cosine_needed`: optional callable ``[GroupStats] -> bool scalar`` (the
+    stats without cosines); when it returns False, ⟨W, g⟩ is not computed and
+    every cosine is −1 (see `_grouped_stats`).
     """
-    return _grouped_stats(params, updates, layer_axes, axis_names, with_cosine, bound_norms)
+    return _grouped_stats(
+        params, updates, layer_axes, axis_names, with_cosine, bound_norms, cosine_needed
+    )
 
 
 def tensor_norms(

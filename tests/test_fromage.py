@@ -208,3 +208,56 @@ def test_random_trees_match_reference(leaves, p_bound, learning_rate, seed):
         later = {k: v * np.any(grads[k] != 0) for k, v in later.items()}  # zero stays zero
         steps = [grads, later]
         run_and_compare(optimizer, params, steps, [learning_rate] * 2, p_bound, 1e-6, jit=True)
+
+
+def _near_the_bound(gap, p_bound, seed=7):
+    """W₀, and W at `gap` × p·‖W₀‖ with gradients that grow, shrink or turn it."""
+    rng = np.random.default_rng(seed)
+    initial = {k: rng.normal(size=(6, 5)).astype(np.float32) for k in ("grow", "shrink", "turn")}
+    params = {k: (v * (p_bound * gap)).astype(np.float32) for k, v in initial.items()}
+    turn = rng.normal(size=(6, 5))
+    w = params["turn"].astype(np.float64)
+    turn -= w * np.sum(turn * w) / np.sum(w * w)  # orthogonal to W
+    grads = {
+        "grow": -3.0 * params["grow"],  # cos(W, g) = −1: the largest ‖W'‖
+        "shrink": 0.5 * params["shrink"],
+        "turn": turn.astype(np.float32),
+    }
+    return initial, params, grads
+
+
+@pytest.mark.parametrize("gap", [0.5, 0.95, 0.999, 1.0, 1.001, 2.0])
+@pytest.mark.parametrize("jit", [True, False])
+def test_bound_matches_reference_near_its_edge(gap, jit):
+    # ⟨W, g⟩ is skipped on steps where no tensor can pass its bound; just below
+    # the bound a gradient along −W must still be caught.
+    p_bound, eta = 1.5, 0.1
+    initial, params, grads = _near_the_bound(gap, p_bound)
+    optimizer = fromage_optax.fromage(eta, p_bound)
+    update = jax.jit(optimizer.update) if jit else optimizer.update
+    updates, _ = update(grads, optimizer.init(initial), params)
+    new_params = optax.apply_updates(params, updates)
+    for k in params:
+        expected = reference_step(params[k], grads[k], eta, p_bound, initial[k])
+        assert relative_error(new_params[k], expected) <= 1e-6, k
+        assert np.linalg.norm(new_params[k]) <= p_bound * np.linalg.norm(initial[k]) * (1 + 1e-6)
+
+
+def test_inner_product_is_skipped_only_far_from_the_bound(monkeypatch):
+    from fromage_optax import _norms
+
+    calls = []
+    plain_cosine = _norms._plain_cosine
+    monkeypatch.setattr(
+        _norms, "_plain_cosine", lambda *args: calls.append(1) or plain_cosine(*args)
+    )
+    p_bound, eta = 1.5, 0.1
+    optimizer = fromage_optax.fromage(eta, p_bound)
+    # Outside jit the branch is taken in Python, so the calls show which one ran.
+    # Far below the bound: ‖W'‖ ≤ ‖W‖(1 + η)/√(1 + η²) < p·‖W₀‖ for every cosine.
+    initial, params, grads = _near_the_bound(0.5, p_bound)
+    optimizer.update(grads, optimizer.init(initial), params)
+    assert not calls
+    initial, params, grads = _near_the_bound(0.95, p_bound)
+    optimizer.update(grads, optimizer.init(initial), params)
+    assert calls
