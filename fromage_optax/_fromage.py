@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -19,13 +20,47 @@ class FromageState(NamedTuple):
 
     Attributes:
       count: number of steps taken (int32), the argument of a schedule.
-      initial_norms: with `p_bound`, a tree like the params holding ‖W₀‖ of
-        every tensor (per layer slice with `layer_axes`; a float32 array of
-        size 1 per tensor otherwise); None without `p_bound`.
+      initial_norms: with `p_bound`, one vector holding ‖W₀‖ of every tensor
+        in the order of ``jax.tree.leaves(params)`` (one entry per tensor, or
+        one per layer slice with `layer_axes`, in row-major order of the layer
+        axes), float32 (float64 if some parameter is); None without `p_bound`.
+        A single array rather than a tree like the params: a state of one tiny
+        array per tensor costs the runtime more per step than the bound itself
+        on trees of thousands of tensors.
     """
 
     count: jax.Array
     initial_norms: Any
+
+
+def _flat_norms(norms) -> jax.Array:
+    """Per-leaf keepdims norms as one vector (see `FromageState.initial_norms`)."""
+    if not norms:
+        return jnp.zeros([0], jnp.float32)
+    dtype = jnp.result_type(*norms)
+    return jnp.concatenate([jnp.ravel(n).astype(dtype) for n in norms])
+
+
+def _split_norms(flat, param_leaves, leaf_layer_axes, name):
+    """`_flat_norms`' vector back to per-leaf keepdims norms, checked against the params."""
+    shapes = [
+        tuple(d if a in axes else 1 for a, d in enumerate(jnp.shape(w)))
+        for w, axes in zip(param_leaves, leaf_layer_axes)
+    ]
+    sizes = [math.prod(shape) for shape in shapes]
+    if jnp.ndim(flat) != 1 or jnp.shape(flat)[0] != sum(sizes):
+        raise ValueError(
+            f"{name}: the state's initial_norms (shape {jnp.shape(flat)}) do not match the "
+            f"params, which need {sum(sizes)} norms ({len(sizes)} tensors). Build the state "
+            f"with init on these params (and the same layer_axes)."
+        )
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    return [
+        flat[start:stop].reshape(shape)
+        for start, stop, shape in zip(offsets[:-1], offsets[1:], shapes)
+    ]
 
 
 def bounded_norm_factor(new_norm, initial_norm, p_bound):
@@ -122,6 +157,11 @@ def _fromage_updates(param_leaves, update_leaves, groups, initial_norms, learnin
         param_coefficient, update_coefficient = _step_coefficients(
             group.stats, initial_norm, learning_rate, p_bound, dtype
         )
+        # Computed once per group: left to XLA, the scalar math would be fused
+        # into (and, on CPU, repeated for every element of) each tensor's step.
+        param_coefficient, update_coefficient = jax.lax.optimization_barrier(
+            (param_coefficient, update_coefficient)
+        )
         for position, i in enumerate(group.indices):
             w, g = param_leaves[i], update_leaves[i]
             new_w = group.member(param_coefficient, position) * w.astype(dtype)
@@ -207,29 +247,30 @@ def fromage(
         _validation.check_float_leaves(params, name)
         initial_norms = None
         if p_bound is not None:
-            leaves, treedef = jax.tree.flatten(params)
+            leaves = jax.tree.leaves(params)
             norms = tensor_norms(
                 leaves,
                 _leaf_options.per_leaf_layer_axes(layer_axes, params),
                 _leaf_options.per_leaf_axis_names(axis_name, params),
             )
-            initial_norms = jax.tree.unflatten(treedef, norms)
+            initial_norms = _flat_norms(norms)
         return FromageState(count=jnp.zeros([], jnp.int32), initial_norms=initial_norms)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         param_leaves, update_leaves, treedef = _validation.checked_leaves(updates, params, name)
+        leaf_layer_axes = _leaf_options.per_leaf_layer_axes(layer_axes, params)
         initial_norms = (
             [None] * len(param_leaves)
             if p_bound is None
-            else treedef.flatten_up_to(state.initial_norms)
+            else _split_norms(state.initial_norms, param_leaves, leaf_layer_axes, name)
         )
 
         eta = learning_rate_at(learning_rate, state.count)
         groups = grouped_pair_stats(
             param_leaves,
             update_leaves,
-            _leaf_options.per_leaf_layer_axes(layer_axes, params),
+            leaf_layer_axes,
             _leaf_options.per_leaf_axis_names(axis_name, params),
             with_cosine=p_bound is not None,
             # Under p_bound a tensor that started at zero is held exactly at zero.

@@ -48,14 +48,11 @@ def test_ten_steps_equal_five_saved_restored_five(resumed):
 
 def test_restored_state_is_the_saved_one(resumed):
     assert resumed["restored_count"] == 5
-    # Per-layer ‖W₀‖ for the stacked block, one ‖W₀‖ per other tensor.
-    assert resumed["restored_initial_norm_shapes"] == {
-        "blocks": {"bias": [4, 1], "kernel": [4, 1, 1]},
-        "embed": [1, 1],
-        "head": [1, 1],
-    }
+    # Per-layer ‖W₀‖ for the 2 tensors of the 4 stacked blocks, one ‖W₀‖ per other
+    # tensor, all in one vector.
+    assert resumed["restored_initial_norm_shapes"] == [4 + 4 + 1 + 1]
     assert resumed["restored_sharding_kept"]
-    assert resumed["leaves"] == 9  # 4 params + count + 4 initial norms
+    assert resumed["leaves"] == 6  # 4 params + count + the initial norms
 
 
 def test_resuming_without_the_optimiser_state_differs(resumed):

@@ -173,7 +173,9 @@ def test_state_is_small_and_counts_steps():
     bounded = fromage_optax.fromage(0.1, p_bound=2.0).init(params)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(bounded))
     assert state_bytes <= 4 + 16 * 2  # count + one float32 per tensor
-    np.testing.assert_allclose(bounded.initial_norms["a"].reshape(()), 100.0, rtol=1e-6)
+    # One array, whatever the number of tensors: ‖W₀‖ in the order of the leaves.
+    assert len(jax.tree.leaves(bounded)) == 2
+    np.testing.assert_allclose(bounded.initial_norms, [100.0, np.sqrt(10)], rtol=1e-6)
     _, state = fromage_optax.fromage(0.1).update(params, state, params)
     assert int(state.count) == 1
 
@@ -261,3 +263,16 @@ def test_inner_product_is_skipped_only_far_from_the_bound(monkeypatch):
     initial, params, grads = _near_the_bound(0.95, p_bound)
     optimizer.update(grads, optimizer.init(initial), params)
     assert calls
+
+
+def test_initial_norms_per_layer_slice_and_a_state_that_does_not_fit():
+    params = {"blocks": jnp.arange(24.0).reshape(2, 3, 4), "head": jnp.ones(5)}
+    optimizer = fromage_optax.fromage(0.1, p_bound=1.0, layer_axes={"blocks": 0, "head": None})
+    state = optimizer.init(params)
+    blocks = np.arange(24.0).reshape(2, 12)
+    expected = [*np.linalg.norm(blocks, axis=1), np.sqrt(5)]
+    np.testing.assert_allclose(state.initial_norms, expected, rtol=1e-6)
+    # The state of other params (here: without the per-layer split) is refused.
+    other = fromage_optax.fromage(0.1, p_bound=1.0).init(params)
+    with pytest.raises(ValueError, match="initial_norms .* do not match the params"):
+        optimizer.update(params, other, params)

