@@ -30,7 +30,13 @@ def test_quick_preset_writes_table_json_and_plot(tmp_path, capsys):
         "quick",
         tmp_path,
         repeats=2,
-        optimizers=["fromage", "fromage p_bound=2", "optax.fromage", "optax.adam"],
+        optimizers=[
+            "fromage",
+            "fromage p_bound=2",
+            "fromage p_bound=2, at the bound",
+            "optax.fromage",
+            "optax.adam",
+        ],
         trees=["many_small", "gpt"],
     )
     results = json.loads((tmp_path / "step_speed.json").read_text())
@@ -46,7 +52,7 @@ def test_quick_preset_writes_table_json_and_plot(tmp_path, capsys):
     for row in rows:
         if row["optimizer"] == "fromage":
             assert row["state_bytes"] == 4  # the step count
-        if row["optimizer"] == "fromage p_bound=2":
+        if row["optimizer"].startswith("fromage p_bound=2"):
             assert row["state_bytes"] <= 4 + 16 * row["leaves"]
         if row["optimizer"] == "optax.adam":
             assert row["state_bytes"] >= 8 * row["params"]
@@ -55,3 +61,13 @@ def test_quick_preset_writes_table_json_and_plot(tmp_path, capsys):
         (m, o) for m in ("mlp", "gpt") for o in ("optax.sgd", "optax.adam", "fromage")
     }
     assert results["machine"]["devices"]
+
+
+def test_at_the_bound_contender_starts_at_its_bound():
+    params = step_speed.parameter_tree({"leaves": 3, "shape": (4, 5)}, "float32", seed=0)
+    scale = step_speed.INIT_SCALE["fromage p_bound=2, at the bound"]
+    state = step_speed.OPTIMIZERS["fromage p_bound=2, at the bound"]().init(
+        jax.tree.map(lambda x: x * scale, params)
+    )
+    norms = [np.linalg.norm(np.asarray(w, np.float64)) for w in jax.tree.leaves(params)]
+    np.testing.assert_allclose(2 * np.asarray(state.initial_norms), norms, rtol=1e-6)
