@@ -170,7 +170,8 @@ def time_optimizer_steps(
             return optax.apply_updates(params, updates), state
 
         params = parameter_tree(spec, dtype, seed=0)
-        init_params = jax.tree.map(lambda x: x * INIT_SCALE.get(name, 1), params)
+        init_scale = INIT_SCALE.get(name, 1)
+        init_params = jax.tree.map(lambda x, s=init_scale: x * s, params)
         state = optimizer.init(init_params)
         contenders.append(_Contender(name, step, params, state, (grads,)))
     _interleaved(contenders, repeats)
