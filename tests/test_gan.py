@@ -136,7 +136,7 @@ def test_optimizers_and_presets_follow_the_protocol():
     assert gan.learning_rate_grid("fromage", (1 / 3, 1, 3)) == [0.00333, 0.01, 0.03]
     cpu = gan.parse_args(["--preset", "cpu"])
     assert cpu["dataset"] == "digits" and cpu["batch_size"] == 256 and cpu["seeds"] == (0, 1, 2)
-    assert len(cpu["lr_factors"]) == 3 and cpu["lr_decay_at"] == 0.9
+    assert cpu["lr_factors"] == (1 / 3, 1.0, 3.0, 10.0) and cpu["lr_decay_at"] == 0.9
     assert gan.learning_rate_decay_step(cpu) == 14_500  # 0.9 x 16,000 rounded to 500s
     with pytest.raises(SystemExit):
         gan.parse_args(["--optimizers", "rmsprop"])
