@@ -10,9 +10,12 @@ the cosine ⟨W, g⟩ / (‖W‖‖g‖). This module computes them
   safely inside the floating-point range (it overflowed, or is so small that
   flushed subnormal squares could matter), every norm is recomputed after
   scaling each tensor (or slice) by a power of two read off its max-abs value.
-  That fallback sits behind a single `lax.cond` for the whole tree, so it runs
-  only when needed (on a CPU the branch point still costs some overlap between
-  the reductions and the step; the numbers are in the README);
+  That fallback sits behind a single branch (`lax.switch`) for the whole tree,
+  so it runs only when needed (on a CPU the branch point still costs some
+  overlap between the reductions and the step; the numbers are in the README);
+* **with the inner product only when asked**: ⟨W, g⟩ (for p_bound's ‖W'‖) can
+  be made conditional on a caller's test of the plain norms, as a third branch
+  of the same switch, sparing a pass over the tensors on other steps;
 * **with few kernels** for trees of many small tensors: small tensors of the
   same shape, dtype and layout are stacked (up to 64 at a time) and reduced
   together;
