@@ -157,8 +157,8 @@ def _fromage_updates(param_leaves, update_leaves, groups, initial_norms, learnin
         param_coefficient, update_coefficient = _step_coefficients(
             group.stats, initial_norm, learning_rate, p_bound, dtype
         )
-        # Computed once per group: left to XLA, the scalar math would be fused
-        # into (and, on CPU, repeated for every element of) each tensor's step.
+        # Materialised once per group, so each tensor's step reads two numbers
+        # rather than carrying the scalar math into its elementwise loop.
         param_coefficient, update_coefficient = jax.lax.optimization_barrier(
             (param_coefficient, update_coefficient)
         )
