@@ -51,44 +51,76 @@ class MonitorRelativeTrustState(NamedTuple):
     deep_relative_trust: jax.Array
 
 
-def _check_float_leaves(params: Any, name: str) -> None:
-    for path, leaf in zip(_validation.leaf_paths(params), jax.tree.leaves(params), strict=True):
+def _check_float_leaves(params: Any, name: str, selected: list[bool] | None = None) -> None:
+    """Rejects non-float parameters (those that `selected` marks True, if given)."""
+    paths = _validation.leaf_paths(params)
+    for index, leaf in enumerate(jax.tree.leaves(params)):
+        if selected is not None and not selected[index]:
+            continue
         dtype = jnp.result_type(leaf)
         if not jnp.issubdtype(dtype, jnp.floating):
+            fix = (
+                "Leave it out with `mask` (or wrap the monitor in optax.masked)."
+                if selected is not None
+                else "Pass the float leaves only (e.g. filter the tree first)."
+            )
             raise TypeError(
-                f"{name}: the parameter at {path} has dtype {dtype}; relative update norms "
-                "are defined for floating-point tensors only. Select the float leaves with "
-                "`mask` (or wrap the monitor in optax.masked)."
+                f"{name}: the parameter at {paths[index]} has dtype {dtype}; relative update "
+                f"norms are defined for floating-point tensors only. {fix}"
             )
 
 
-def _leaf_ratios(updates, params, layer_axes, axis_name, name) -> tuple[list, Any]:
-    """‖ΔW‖/‖W‖ per leaf (squeezed to the layer axes' shape), and the treedef."""
+def _leaf_ratio(param_norm, update_norm):
+    """‖ΔW‖/‖W‖ from the two norms: inf for a moved zero tensor, NaN if either norm is."""
+    nonzero_param = param_norm > 0
+    # 0-norm params: a zero update did not move the layer (0); any other
+    # update moved it infinitely far relative to its size (inf).
+    ratio = jnp.where(
+        nonzero_param,
+        update_norm / jnp.where(nonzero_param, param_norm, 1),
+        jnp.where(update_norm > 0, jnp.inf, 0),
+    )
+    # NaN in W or ΔW makes its norm NaN, which every comparison above hides.
+    return jnp.where(jnp.isnan(param_norm) | jnp.isnan(update_norm), jnp.nan, ratio)
+
+
+def _leaf_ratios(updates, params, layer_axes, axis_name, name, selected=None):
+    """‖ΔW‖/‖W‖ per leaf (squeezed to the layer axes' shape), and the treedef.
+
+    With `selected`, leaves it marks False may be of any dtype; a non-float one
+    gets NaN ratios (it is not measured).
+    """
     _validation.check_same_structure(updates, params, name)
-    _check_float_leaves(params, name)
+    _check_float_leaves(params, name, selected)
     param_leaves, treedef = jax.tree.flatten(params)
     update_leaves = treedef.flatten_up_to(updates)
     axes_per_leaf = _leaf_options.per_leaf_layer_axes(layer_axes, params)
-    stats = paired_norm_stats(
-        param_leaves,
-        update_leaves,
-        axes_per_leaf,
-        _leaf_options.per_leaf_axis_names(axis_name, params),
-        with_cosine=False,
+    names_per_leaf = _leaf_options.per_leaf_axis_names(axis_name, params)
+    measured = [jnp.issubdtype(jnp.result_type(w), jnp.floating) for w in param_leaves]
+    _validation.check_real_updates(update_leaves, params, name)
+    stats = iter(
+        paired_norm_stats(
+            *(
+                [x for x, keep in zip(values, measured) if keep]
+                for values in (
+                    [jnp.asarray(w) for w in param_leaves],
+                    [jnp.asarray(g) for g in update_leaves],
+                    axes_per_leaf,
+                    names_per_leaf,
+                )
+            ),
+            with_cosine=False,
+        )
     )
     ratios = []
-    for param, axes, stat in zip(param_leaves, axes_per_leaf, stats, strict=True):
-        param_norm, update_norm = stat.param_norm, stat.update_norm
-        nonzero_param = param_norm > 0
-        # 0-norm params: a zero update did not move the layer (0); any other
-        # update moved it infinitely far relative to its size (inf).
-        ratio = jnp.where(
-            nonzero_param,
-            update_norm / jnp.where(nonzero_param, param_norm, 1),
-            jnp.where(update_norm > 0, jnp.inf, 0),
-        )
+    for param, axes, keep in zip(param_leaves, axes_per_leaf, measured, strict=True):
         layer_shape = tuple(np.shape(param)[a] for a in axes)
-        ratios.append(ratio.astype(RATIO_DTYPE).reshape(layer_shape))
+        if keep:
+            stat = next(stats)
+            ratio = _leaf_ratio(stat.param_norm, stat.update_norm)
+            ratios.append(ratio.astype(RATIO_DTYPE).reshape(layer_shape))
+        else:
+            ratios.append(jnp.full(layer_shape, jnp.nan, RATIO_DTYPE))
     return ratios, treedef
 
 
@@ -102,7 +134,8 @@ def relative_update_norms(
     to the ratio it would have as a separate tensor.
 
     A tensor with ‖W‖ = 0 gets ``inf`` if its update is non-zero (it moved
-    infinitely far relative to its size) and ``0`` if its update is zero.
+    infinitely far relative to its size) and ``0`` if its update is zero. A
+    NaN anywhere in W or ΔW gives ``NaN`` (it is never hidden as 0 or inf).
     Norms are overflow-proof and accumulated in at least float32, so any scale
     of W and ΔW gives the right ratio (it is ``inf`` only if the ratio itself
     exceeds the float32 range).
@@ -213,8 +246,9 @@ def log_deep_relative_trust(
     """
     name = "log_deep_relative_trust"
     _leaf_options.check_axis_name_arg(axis_name, name)
-    ratios, _ = _leaf_ratios(updates, params, layer_axes, axis_name, name)
-    return _log_deep_relative_trust(_selected_ratios(ratios, _selected(mask, params)))
+    selected = _selected(mask, params)
+    ratios, _ = _leaf_ratios(updates, params, layer_axes, axis_name, name, selected)
+    return _log_deep_relative_trust(_selected_ratios(ratios, selected))
 
 
 def deep_relative_trust(
@@ -243,7 +277,8 @@ def deep_relative_trust(
       params: the parameters W before the update; the same tree structure.
       mask: None (all layers), or which tensors count: a bool, a pytree of
         bools with the params' structure or a prefix of it, or a callable
-        ``params -> such a tree`` (as for ``optax.masked``).
+        ``params -> such a tree`` (as for ``optax.masked``). Leaves it leaves
+        out may be of any dtype (an int step counter, say).
       layer_axes: axes indexing separate layers, per leaf (see
         ``relative_update_norms``).
       axis_name: mesh axis name(s) to take global norms over (see
@@ -266,8 +301,9 @@ def deep_relative_trust(
     """
     name = "deep_relative_trust"
     _leaf_options.check_axis_name_arg(axis_name, name)
-    ratios, _ = _leaf_ratios(updates, params, layer_axes, axis_name, name)
-    flat = _selected_ratios(ratios, _selected(mask, params))
+    selected = _selected(mask, params)
+    ratios, _ = _leaf_ratios(updates, params, layer_axes, axis_name, name, selected)
+    flat = _selected_ratios(ratios, selected)
     return jnp.expm1(_log_deep_relative_trust(flat))
 
 
@@ -293,8 +329,9 @@ def monitor_relative_trust(
 
     Args:
       mask: which tensors count towards the max, mean and deep relative trust
-        (see ``deep_relative_trust``); the per-tensor ratios cover all tensors.
-        To leave out non-float leaves, wrap the monitor in ``optax.masked``.
+        (see ``deep_relative_trust``); the per-tensor ratios cover all float
+        tensors. Non-float leaves must be left out by the mask; their ratios
+        are NaN (not measured).
       layer_axes: axes indexing separate layers, per leaf (see
         ``relative_update_norms``); slices then count as layers.
       axis_name: mesh axis name(s) to take global norms over (see
@@ -323,11 +360,16 @@ def monitor_relative_trust(
     _leaf_options.check_axis_name_arg(axis_name, name)
 
     def init_fn(params):
-        _check_float_leaves(params, name)
+        selected = _selected(mask, params)
+        _check_float_leaves(params, name, selected)
         leaves, treedef = jax.tree.flatten(params)
         axes_per_leaf = _leaf_options.per_leaf_layer_axes(layer_axes, params)
         zeros = [
-            jnp.zeros(tuple(np.shape(leaf)[a] for a in axes), RATIO_DTYPE)
+            jnp.full(
+                tuple(np.shape(leaf)[a] for a in axes),
+                0 if jnp.issubdtype(jnp.result_type(leaf), jnp.floating) else jnp.nan,
+                RATIO_DTYPE,
+            )
             for leaf, axes in zip(leaves, axes_per_leaf, strict=True)
         ]
         zero = jnp.zeros([], RATIO_DTYPE)
@@ -341,8 +383,9 @@ def monitor_relative_trust(
                 "(with optax.chain, pass `params=` to the chain's update). It measures every "
                 "update relative to the norm of its parameter tensor."
             )
-        ratios, treedef = _leaf_ratios(updates, params, layer_axes, axis_name, name)
-        flat = _selected_ratios(ratios, _selected(mask, params))
+        selected = _selected(mask, params)
+        ratios, treedef = _leaf_ratios(updates, params, layer_axes, axis_name, name, selected)
+        flat = _selected_ratios(ratios, selected)
         if flat.size:
             max_ratio, mean_ratio = jnp.max(flat), jnp.mean(flat)
         else:

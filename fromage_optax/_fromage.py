@@ -8,10 +8,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from fromage_optax import _leaf_options, _validation
-from fromage_optax._learning_rate import learning_rate_at, norm_control
+from fromage_optax import _leaf_options, _step, _validation
+from fromage_optax._learning_rate import learning_rate_at
 from fromage_optax._norms import accumulation_dtype, grouped_pair_stats, tensor_norms
 
 
@@ -20,7 +21,8 @@ class FromageState(NamedTuple):
 
     Attributes:
       count: number of steps taken (int32), the argument of a schedule.
-      initial_norms: with `p_bound`, one vector holding ‖W₀‖ of every tensor
+      initial_norms: with `p_bound`, an `InitialNorms` holding ‖W₀‖ of every
+        tensor in one vector (``.values``, or ``numpy.asarray(initial_norms)``),
         in the order of ``jax.tree.leaves(params)`` (one entry per tensor, or
         one per layer slice with `layer_axes`, in row-major order of the layer
         axes), float32 (float64 if some parameter is); None without `p_bound`.
@@ -33,16 +35,107 @@ class FromageState(NamedTuple):
     initial_norms: Any
 
 
-def _flat_norms(norms) -> jax.Array:
+@jax.tree_util.register_pytree_with_keys_class
+class InitialNorms:
+    """p_bound's ‖W₀‖ of every tensor in one vector, tagged with the layout it was made for.
+
+    ``values`` holds the norms in the order of ``jax.tree.leaves(params)``. The
+    layout (per tensor: its layer axes and the number of elements each norm sums
+    over, counted across devices) is static pytree data, so ``update`` can refuse
+    a state made for other params with a clear error, as optax's own states do
+    by their shapes. It never makes two states' tree structures differ.
+    ``numpy.asarray(initial_norms)`` gives the vector.
+    """
+
+    def __init__(self, values, layout):
+        self.values = values
+        self.layout = layout
+
+    def tree_flatten_with_keys(self):
+        return ((jax.tree_util.GetAttrKey("values"), self.values),), self.layout
+
+    def tree_flatten(self):
+        return (self.values,), self.layout
+
+    @classmethod
+    def tree_unflatten(cls, layout, children):
+        return cls(children[0], layout)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.values, dtype=dtype)
+
+    @property
+    def shape(self):
+        return jnp.shape(self.values)
+
+    def __repr__(self):
+        return f"InitialNorms({self.values!r})"
+
+
+class _Layout(NamedTuple):
+    """Per tensor: its layer axes and how many elements each of its norms sums over.
+
+    Static metadata of `InitialNorms` that never affects how trees match: it
+    compares equal to every other `_Layout`, so a state built inside shard_map
+    (local shapes) still fits out_specs or checkpoint targets made from the
+    global params. `_check_layout` compares the fields themselves.
+    """
+
+    layer_axes: tuple
+    counts: tuple
+
+    def __eq__(self, other):
+        return isinstance(other, _Layout)
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __hash__(self):
+        return hash(_Layout)
+
+
+def _layout(param_leaves, leaf_layer_axes, leaf_axis_names) -> _Layout:
+    """What a state must fit (see `_Layout`), counted across the devices of `axis_name`."""
+    counts = tuple(
+        _leaf_options.global_reduced_size(w, axes, names)
+        for w, axes, names in zip(param_leaves, leaf_layer_axes, leaf_axis_names)
+    )
+    return _Layout(tuple(leaf_layer_axes), counts)
+
+
+def _flat_norms(norms, layout) -> InitialNorms:
     """Per-leaf keepdims norms as one vector (see `FromageState.initial_norms`)."""
     if not norms:
-        return jnp.zeros([0], jnp.float32)
+        return InitialNorms(jnp.zeros([0], jnp.float32), layout)
     dtype = jnp.result_type(*norms)
-    return jnp.concatenate([jnp.ravel(n).astype(dtype) for n in norms])
+    return InitialNorms(jnp.concatenate([jnp.ravel(n).astype(dtype) for n in norms]), layout)
+
+
+def _check_layout(initial_norms, layout, params, name):
+    """Refuses a p_bound state made for params of another layout, naming the first tensor."""
+    state_layout = getattr(initial_norms, "layout", None)
+    if state_layout is None or tuple(state_layout) == tuple(layout):
+        return
+    paths = _validation.leaf_paths(params)
+    (state_axes, state_counts), (axes, counts) = state_layout, layout
+    if len(state_counts) != len(counts):
+        problem = f"it has {len(state_counts)} tensors, these params {len(counts)}"
+    else:
+        pairs = zip(zip(state_axes, state_counts), zip(axes, counts))
+        i = next(i for i, (theirs, ours) in enumerate(pairs) if theirs != ours)
+        problem = (
+            f"at {paths[i]} it has norms over {state_counts[i]} elements with layer axes "
+            f"{state_axes[i]}, these params {counts[i]} with layer axes {axes[i]}"
+        )
+    raise ValueError(
+        f"{name}: the state's initial_norms (made for other params) do not match the params "
+        f"({problem}). Build the state with init on these params (and the same layer_axes)."
+    )
 
 
 def _split_norms(flat, param_leaves, leaf_layer_axes, name):
     """`_flat_norms`' vector back to per-leaf keepdims norms, checked against the params."""
+    flat = getattr(flat, "values", flat)
     shapes = [
         tuple(d if a in axes else 1 for a, d in enumerate(jnp.shape(w)))
         for w, axes in zip(param_leaves, leaf_layer_axes)
@@ -63,41 +156,6 @@ def _split_norms(flat, param_leaves, leaf_layer_axes, name):
     ]
 
 
-def bounded_norm_factor(new_norm, initial_norm, p_bound):
-    """The factor that scales W' back to p·‖W₀‖ where ‖W'‖ exceeds it, else 1."""
-    bound = jnp.asarray(p_bound, new_norm.dtype) * initial_norm
-    exceeds = new_norm > bound
-    return exceeds, jnp.where(exceeds, bound / jnp.where(exceeds, new_norm, 1), 1)
-
-
-def _step_coefficients(stats, initial_norm, learning_rate, p_bound, dtype):
-    """(a, b) with W' − W = a·W + b·g, from the norms (any shape, broadcast together)."""
-    param_norm = stats.param_norm.astype(dtype)
-    update_norm = stats.update_norm.astype(dtype)
-    eta = jnp.asarray(learning_rate, dtype)
-    shrink, shrink_minus_one = norm_control(learning_rate, dtype)
-
-    use_ratio = (param_norm > 0) & (update_norm > 0)
-    safe_update_norm = jnp.where(use_ratio, update_norm, 1)
-    step_size = jnp.where(use_ratio, eta * param_norm / safe_update_norm, eta)
-    update_coefficient = -shrink * step_size
-    param_coefficient = shrink_minus_one
-
-    if p_bound is not None:
-        # ‖W'‖ without another pass over W': in the rescaled case
-        # ‖W − η(‖W‖/‖g‖)g‖² = ‖W‖²((1 − ηc)² + η²(1 − c²)), c = cos(W, g).
-        cosine = jnp.where(use_ratio, stats.cosine.astype(dtype), 0)
-        rescaled_norm = param_norm * jnp.sqrt(
-            jnp.square(1 - eta * cosine) + eta * eta * (1 - cosine) * (1 + cosine)
-        )
-        plain_norm = jnp.where(param_norm > 0, param_norm, eta * update_norm)
-        new_norm = shrink * jnp.where(use_ratio, rescaled_norm, plain_norm)
-        exceeds, factor = bounded_norm_factor(new_norm, initial_norm.astype(dtype), p_bound)
-        param_coefficient = jnp.where(exceeds, factor * shrink - 1, shrink_minus_one)
-        update_coefficient = factor * update_coefficient
-    return param_coefficient, update_coefficient
-
-
 def _step_dtype(param_leaves, update_leaves, group):
     """The dtype a group's step is computed in (its leaves share their dtypes)."""
     first = group.indices[0]
@@ -106,32 +164,13 @@ def _step_dtype(param_leaves, update_leaves, group):
     )
 
 
-def _could_pass_bound(stats, initial_norm, learning_rate, p_bound, dtype):
-    """Where the step could take ‖W'‖ past p·‖W₀‖ for some cos(W, g).
-
-    Elsewhere the bound leaves the step alone whatever the cosine is: ‖W'‖ is at
-    most ‖W‖(1 + η)/√(1 + η²) (at cos = −1); a tensor that is zero at init is
-    set to zero; and a step without the norm ratio does not use the cosine.
-    """
-    param_norm = stats.param_norm.astype(dtype)
-    update_norm = stats.update_norm.astype(dtype)
-    initial_norm = initial_norm.astype(dtype)
-    eta = jnp.asarray(learning_rate, dtype)
-    shrink, _ = norm_control(learning_rate, dtype)
-    # The margin covers the rounding of `_step_coefficients`' ‖W'‖ (a few ulps).
-    margin = 1 + 64 * jnp.finfo(dtype).eps
-    largest_new_norm = shrink * param_norm * (1 + eta) * margin
-    bound = jnp.asarray(p_bound, dtype) * initial_norm
-    use_ratio = (param_norm > 0) & (update_norm > 0)
-    return use_ratio & (initial_norm > 0) & ~(largest_new_norm <= bound)
-
-
 def _any_could_pass_bound(param_leaves, update_leaves, initial_norms, eta, p_bound, groups):
     """Whether any tensor could pass its bound this step (else ⟨W, g⟩ is not needed)."""
     flags = [
         jnp.any(
-            _could_pass_bound(
-                group.stats,
+            _step.could_pass_bound(
+                group.stats.param_norm,
+                group.stats.update_norm,
                 group.stacked_like(initial_norms),
                 eta,
                 p_bound,
@@ -143,7 +182,9 @@ def _any_could_pass_bound(param_leaves, update_leaves, initial_norms, eta, p_bou
     return jnp.any(jnp.stack(flags))
 
 
-def _fromage_updates(param_leaves, update_leaves, groups, initial_norms, learning_rate, p_bound):
+def _fromage_updates(
+    param_leaves, update_leaves, groups, initial_norms, learning_rate, p_bound, valid
+):
     """W' − W for every leaf: one elementwise pass per tensor.
 
     The scalar part (norm ratios, the bound) is computed per group of tensors
@@ -154,8 +195,17 @@ def _fromage_updates(param_leaves, update_leaves, groups, initial_norms, learnin
     for group in groups:
         dtype = _step_dtype(param_leaves, update_leaves, group)
         initial_norm = None if p_bound is None else group.stacked_like(initial_norms)
-        param_coefficient, update_coefficient = _step_coefficients(
-            group.stats, initial_norm, learning_rate, p_bound, dtype
+        param_coefficient, update_coefficient = _step.nan_where_invalid(
+            valid,
+            *_step.step_coefficients(
+                group.stats.param_norm,
+                group.stats.update_norm,
+                group.stats.cosine,
+                initial_norm,
+                learning_rate,
+                p_bound,
+                dtype,
+            ),
         )
         # Materialised once per group, so each tensor's step reads two numbers
         # rather than carrying the scalar math into its elementwise loop.
@@ -204,9 +254,19 @@ def fromage(
     unchanged. A NaN or Inf gradient makes that tensor's step non-finite, as with
     any optax optimiser; wrap with ``optax.apply_if_finite`` to skip such steps.
 
+    Hyperparameters that arrive at run time (a schedule's value, or
+    ``optax.inject_hyperparams`` under jit) are not checked by an error: an
+    invalid one (η NaN or ±inf, p_bound NaN, ±inf or ≤ 0) makes the whole step
+    NaN; chain ``optax.apply_if_finite(optax.identity(), n)`` after ``fromage``
+    to skip such steps. η = 0 leaves the params
+    unchanged; a negative η takes the same-sized step uphill, with the bound
+    still applied.
+
     Args:
-      learning_rate: η, a positive float or an optax schedule ``count -> η``.
-        It is the relative size of each step (0.01 moves a tensor by ~1%).
+      learning_rate: η, a positive float (at most about 9e18, so that η² is
+        finite in float32) or an optax schedule ``count -> η`` returning a
+        scalar. It is the relative size of each step (0.01 moves a tensor by
+        ~1%).
       p_bound: None, or p > 0: cap every tensor's norm at ``p·‖W₀‖``. A tensor
         that is zero at init is then held at zero (the authors' reference
         behaviour); leave such tensors out with ``optax.masked``.
@@ -247,31 +307,34 @@ def fromage(
         _validation.check_float_leaves(params, name)
         initial_norms = None
         if p_bound is not None:
-            leaves = jax.tree.leaves(params)
-            norms = tensor_norms(
-                leaves,
-                _leaf_options.per_leaf_layer_axes(layer_axes, params),
-                _leaf_options.per_leaf_axis_names(axis_name, params),
-            )
-            initial_norms = _flat_norms(norms)
+            leaves = [jnp.asarray(w) for w in jax.tree.leaves(params)]
+            leaf_layer_axes = _leaf_options.per_leaf_layer_axes(layer_axes, params)
+            leaf_axis_names = _leaf_options.per_leaf_axis_names(axis_name, params)
+            norms = tensor_norms(leaves, leaf_layer_axes, leaf_axis_names)
+            initial_norms = _flat_norms(norms, _layout(leaves, leaf_layer_axes, leaf_axis_names))
         return FromageState(count=jnp.zeros([], jnp.int32), initial_norms=initial_norms)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         param_leaves, update_leaves, treedef = _validation.checked_leaves(updates, params, name)
         leaf_layer_axes = _leaf_options.per_leaf_layer_axes(layer_axes, params)
-        initial_norms = (
-            [None] * len(param_leaves)
-            if p_bound is None
-            else _split_norms(state.initial_norms, param_leaves, leaf_layer_axes, name)
-        )
+        leaf_axis_names = _leaf_options.per_leaf_axis_names(axis_name, params)
+        initial_norms = [None] * len(param_leaves)
+        if p_bound is not None:
+            _check_layout(
+                state.initial_norms,
+                _layout(param_leaves, leaf_layer_axes, leaf_axis_names),
+                params,
+                name,
+            )
+            initial_norms = _split_norms(state.initial_norms, param_leaves, leaf_layer_axes, name)
 
-        eta = learning_rate_at(learning_rate, state.count)
+        eta = learning_rate_at(learning_rate, state.count, name)
         groups = grouped_pair_stats(
             param_leaves,
             update_leaves,
             leaf_layer_axes,
-            _leaf_options.per_leaf_axis_names(axis_name, params),
+            leaf_axis_names,
             with_cosine=p_bound is not None,
             # Under p_bound a tensor that started at zero is held exactly at zero.
             bound_norms=None if p_bound is None else initial_norms,
@@ -282,7 +345,13 @@ def fromage(
             ),
         )
         new_leaves = _fromage_updates(
-            param_leaves, update_leaves, groups, initial_norms, eta, p_bound
+            param_leaves,
+            update_leaves,
+            groups,
+            initial_norms,
+            eta,
+            p_bound,
+            _step.hyperparameters_valid(eta, p_bound),
         )
         new_state = FromageState(optax.safe_increment(state.count), state.initial_norms)
         return jax.tree.unflatten(treedef, new_leaves), new_state

@@ -9,6 +9,7 @@ params tree with some leaves replaced by `optax.MaskedNode`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -95,7 +96,9 @@ def per_leaf_layer_axes(layer_axes: Any, params: Any) -> list[tuple[int, ...]]:
 def per_leaf_axis_names(axis_name: Any, params: Any) -> list[tuple[str, ...]]:
     """One tuple of mesh axis names (empty: not sharded) per params leaf."""
     values = _broadcast_prefix(axis_name, params, _is_axis_name_value, "axis_name")
-    return [() if v is None else ((v,) if isinstance(v, str) else tuple(v)) for v in values]
+    per_leaf = [() if v is None else ((v,) if isinstance(v, str) else tuple(v)) for v in values]
+    check_axis_names_bound(per_leaf, params)
+    return per_leaf
 
 
 def check_axis_name_arg(axis_name: Any, name: str) -> None:
@@ -105,3 +108,34 @@ def check_axis_name_arg(axis_name: Any, name: str) -> None:
             f"{name}: axis_name must be a mesh axis name (str), a tuple of names, None, or a "
             f"pytree prefix of those; got {axis_name!r}."
         )
+
+
+def _axis_size(axis_name: str, path: str) -> int:
+    try:
+        return int(jax.lax.axis_size(axis_name))
+    except NameError:
+        raise ValueError(
+            f"axis_name: {axis_name!r} (for the parameter at {path}) is not a mesh axis here. "
+            "axis_name names the shard_map/pmap axes over which a tensor is sharded, so call "
+            "update (and init with p_bound) inside shard_map over a mesh with that axis, or "
+            "pass axis_name=None outside shard_map."
+        ) from None
+
+
+def check_axis_names_bound(per_leaf: Sequence[tuple[str, ...]], params: Any) -> None:
+    """Rejects mesh axis names that are not bound here (outside shard_map, or misspelt)."""
+    checked: set[str] = set()
+    paths = None
+    for index, names in enumerate(per_leaf):
+        for axis in names:
+            if axis not in checked:
+                paths = paths or leaf_paths(params)
+                _axis_size(axis, paths[index])
+                checked.add(axis)
+
+
+def global_reduced_size(leaf: Any, layer_axes: tuple[int, ...], axis_names: tuple[str, ...]):
+    """How many elements one norm of `leaf` sums over, across the devices of `axis_names`."""
+    shape = np.shape(leaf)
+    local = math.prod(d for a, d in enumerate(shape) if a not in layer_axes)
+    return local * math.prod(int(jax.lax.axis_size(n)) for n in axis_names)

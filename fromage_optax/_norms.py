@@ -61,6 +61,25 @@ def accumulation_dtype(dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def _sqrt(sum_of_squares):
+    """√s with a finite derivative at s = 0 (zero there), for `jax.grad` through a step.
+
+    Every use of a zero norm is masked out by the step (it takes the plain step
+    there), so the derivative through that norm must be 0, not 0·∞ = NaN. A NaN
+    sum stays NaN.
+    """
+    positive = sum_of_squares > 0
+    root = jnp.sqrt(jnp.where(positive, sum_of_squares, 1))
+    return jnp.where(positive, root, jnp.where(sum_of_squares == 0, 0, jnp.nan))
+
+
+def _cosine(dot, norm_a, norm_b):
+    """⟨a, b⟩/(‖a‖‖b‖), NaN where a norm is 0, with a finite derivative there."""
+    usable = (norm_a > 0) & (norm_b > 0)
+    cosine = dot / jnp.where(usable, norm_a, 1) / jnp.where(usable, norm_b, 1)
+    return jnp.where(usable, cosine, jnp.nan)
+
+
 def _psum(x, axis_names):
     return lax.psum(x, axis_names) if axis_names else x
 
@@ -181,32 +200,33 @@ def _plain_cosine(group, sources, norms):
     """cos(W, g) of a group from a plain inner product and its (trusted) plain norms."""
     xs = _group_inputs(group, sources)
     dot = _psum(jnp.sum(xs[0] * xs[1], axis=group.reduce_axes, keepdims=True), group.axis_names)
-    return dot / norms[0] / norms[1]
+    return _cosine(dot, norms[0], norms[1])
 
 
 def _rescaled_norms(group, sources, with_dot):
     """Norms (and cosine) of a group with every slice scaled by a power of two first."""
     scaled = []
     for x in _group_inputs(group, sources):
-        max_abs = jnp.max(jnp.abs(x), axis=group.reduce_axes, keepdims=True)
+        # initial=0: a tensor of size 0 has max-abs 0 (and norm 0).
+        max_abs = jnp.max(jnp.abs(x), axis=group.reduce_axes, keepdims=True, initial=0)
         scale = _reciprocal_power_of_two(_pmax(max_abs, group.axis_names))
         y = x * scale
         sum_of_squares = _psum(
             jnp.sum(y * y, axis=group.reduce_axes, keepdims=True), group.axis_names
         )
         scaled.append((y, sum_of_squares, scale))
-    values = [jnp.sqrt(s) / scale for _, s, scale in scaled]
+    values = [_sqrt(s) / scale for _, s, scale in scaled]
     if with_dot:
         (y0, s0, _), (y1, s1, _) = scaled
         dot = _psum(jnp.sum(y0 * y1, axis=group.reduce_axes, keepdims=True), group.axis_names)
-        values.append(dot / jnp.sqrt(s0) / jnp.sqrt(s1))
+        values.append(_cosine(dot, _sqrt(s0), _sqrt(s1)))
     return values
 
 
 def _norms_from_sums(sums, with_dot):
-    norms = [jnp.sqrt(s) for s in sums[: len(sums) - int(with_dot)]]
+    norms = [_sqrt(s) for s in sums[: len(sums) - int(with_dot)]]
     if with_dot:
-        norms.append(sums[-1] / norms[0] / norms[1])
+        norms.append(_cosine(sums[-1], norms[0], norms[1]))
     return norms
 
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fromage_optax import _leaf_options, _validation
+from fromage_optax import _leaf_options, _step, _validation
 from fromage_optax._norms import paired_norm_stats
 
 
@@ -68,7 +68,7 @@ def scale_by_fromage(
         new_leaves = []
         for g, s in zip(update_leaves, stats):
             use_ratio = (s.param_norm > 0) & (s.update_norm > 0)
-            ratio = jnp.where(use_ratio, s.param_norm / jnp.where(use_ratio, s.update_norm, 1), 1)
+            ratio = _step.safe_ratio(s.param_norm, s.update_norm, use_ratio)
             dtype = jnp.promote_types(ratio.dtype, g.dtype)
             new_leaves.append((g.astype(dtype) * ratio.astype(dtype)).astype(g.dtype))
         return jax.tree.unflatten(treedef, new_leaves), state

@@ -34,8 +34,35 @@ def is_concrete_number(value: Any) -> bool:
     return False
 
 
+def is_python_number(value: Any) -> bool:
+    """Whether `value` is a plain Python int or float (a constant checked at construction)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# The largest η accepted: η² (in √(1 + η²)) stays finite in float32, with a factor 4 to spare.
+MAX_LEARNING_RATE = float(np.sqrt(np.finfo(np.float32).max)) / 2
+
+
+def _check_traced_scalar(value: Any, argument: str, name: str) -> bool:
+    """True for a traced hyperparameter (checked for shape only), False otherwise."""
+    if not isinstance(value, jax.core.Tracer):
+        return False
+    if np.ndim(value) != 0:
+        raise ValueError(
+            f"{name}: {argument} must be a scalar, got a traced array of shape "
+            f"{np.shape(value)} (e.g. from optax.inject_hyperparams). A vector would be "
+            "broadcast differently for every group of tensors; use optax.multi_transform "
+            "to give groups of tensors their own optimiser."
+        )
+    return True
+
+
 def check_learning_rate(learning_rate: Any, name: str) -> None:
-    """Rejects a constant learning rate that is not a finite positive number."""
+    """Rejects a constant learning rate that is not a finite positive number.
+
+    A traced value (``optax.inject_hyperparams`` under jit) is checked for shape
+    only; at run time an invalid one makes the step NaN (see `_step`).
+    """
     if learning_rate is None:
         raise ValueError(
             f"{name}: learning_rate is None. Pass a positive float (e.g. 0.01) or an optax "
@@ -45,11 +72,9 @@ def check_learning_rate(learning_rate: Any, name: str) -> None:
         return
     if isinstance(learning_rate, (bool, np.bool_)):
         raise TypeError(f"{name}: learning_rate must be a number or a schedule, got a bool.")
+    if _check_traced_scalar(learning_rate, "learning_rate", name):
+        return
     if not is_concrete_number(learning_rate):
-        if isinstance(learning_rate, jax.core.Tracer) or (
-            isinstance(learning_rate, (np.ndarray, jax.Array)) and np.ndim(learning_rate) == 0
-        ):
-            return  # a traced hyperparameter (e.g. optax.inject_hyperparams under jit)
         raise TypeError(
             f"{name}: learning_rate must be a scalar number or a schedule, got "
             f"{type(learning_rate).__name__}."
@@ -61,11 +86,17 @@ def check_learning_rate(learning_rate: Any, name: str) -> None:
             "learning rate is the relative size of each step (0.01 moves every tensor by "
             "about 1%); use a value such as 0.01, or a schedule for warm-up or decay."
         )
+    if value > MAX_LEARNING_RATE:
+        raise ValueError(
+            f"{name}: learning_rate {value!r} is too large: the step divides by √(1 + η²), "
+            f"which must stay finite in float32, so η may be at most {MAX_LEARNING_RATE:.3g}. "
+            "Fromage's learning rate is a relative step size; useful values are below 1."
+        )
 
 
 def check_p_bound(p_bound: Any, name: str) -> None:
     """Rejects a p_bound that is set but not a finite positive number."""
-    if p_bound is None or isinstance(p_bound, jax.core.Tracer):
+    if p_bound is None or _check_traced_scalar(p_bound, "p_bound", name):
         return
     if isinstance(p_bound, (bool, np.bool_)) or not is_concrete_number(p_bound):
         raise TypeError(
@@ -96,6 +127,19 @@ def check_float_leaves(params: Any, name: str) -> None:
                 f"{name}: the parameter at {path} has dtype {dtype}; Fromage only updates "
                 "floating-point tensors. Leave it out with optax.masked(fromage(...), mask) "
                 "or optax.multi_transform, or store it outside the params tree."
+            )
+
+
+def check_real_updates(update_leaves: list, params: Any, name: str) -> None:
+    """Rejects complex update leaves, naming the first one (their norms would be wrong)."""
+    for index, leaf in enumerate(update_leaves):
+        dtype = jnp.result_type(leaf)
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            path = leaf_paths(params)[index]
+            raise TypeError(
+                f"{name}: the update at {path} has dtype {dtype}, but its parameter is real. "
+                "Fromage needs real gradients of real parameters; if the imaginary part is "
+                "meant to be zero, pass jnp.real(grad)."
             )
 
 
@@ -142,4 +186,7 @@ def checked_leaves(updates: Any, params: Any, name: str):
     check_same_structure(updates, params, name)
     check_float_leaves(params, name)
     param_leaves, treedef = jax.tree.flatten(params)
-    return param_leaves, treedef.flatten_up_to(updates), treedef
+    update_leaves = treedef.flatten_up_to(updates)
+    check_real_updates(update_leaves, params, name)
+    # Python scalars and NumPy arrays become jax arrays (as optax's transforms do).
+    return [jnp.asarray(w) for w in param_leaves], [jnp.asarray(g) for g in update_leaves], treedef

@@ -8,9 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fromage_optax import _leaf_options, _validation
-from fromage_optax._fromage import bounded_norm_factor
-from fromage_optax._learning_rate import learning_rate_at, norm_control
+from fromage_optax import _leaf_options, _step, _validation
+from fromage_optax._learning_rate import learning_rate_at
 from fromage_optax._norms import accumulation_dtype, tensor_norms
 
 
@@ -37,6 +36,10 @@ def control_weight_norm(learning_rate: optax.ScalarOrSchedule) -> optax.Gradient
     schedule step as ``optax.scale_by_learning_rate``. After a step that is
     orthogonal to W this keeps ‖W‖ unchanged (to second order in general), so
     weights do not grow without bound.
+
+    A run-time η that is NaN or ±inf (a schedule, ``optax.inject_hyperparams``
+    under jit) makes the update NaN (``optax.apply_if_finite(optax.identity(),
+    n)`` chained after it skips such steps).
 
     Args:
       learning_rate: η, a positive float or an optax schedule.
@@ -66,11 +69,15 @@ def control_weight_norm(learning_rate: optax.ScalarOrSchedule) -> optax.Gradient
         if params is None:
             raise ValueError(_validation.NO_PARAMS_MSG.format(name=name))
         _validation.check_same_structure(updates, params, name)
-        eta = learning_rate_at(learning_rate, state.count)
+        eta = learning_rate_at(learning_rate, state.count, name)
+        valid = _step.hyperparameters_valid(eta)
 
         def leaf_update(u, w):
+            u, w = jnp.asarray(u), jnp.asarray(w)
             dtype = _working_dtype(w, u)
-            shrink, shrink_minus_one = norm_control(eta, dtype)
+            shrink, shrink_minus_one = _step.nan_where_invalid(
+                valid, *_step.norm_control(eta, dtype)
+            )
             new_u = shrink * u.astype(dtype) + shrink_minus_one * w.astype(dtype)
             return new_u.astype(u.dtype)
 
@@ -91,7 +98,8 @@ def bound_weight_norm(
 
     Args:
       p_bound: p > 0. With ``optax.inject_hyperparams`` it may change at run
-        time, since the state keeps ‖W₀‖ rather than the bound.
+        time, since the state keeps ‖W₀‖ rather than the bound; a run-time
+        value that is NaN, ±inf or ≤ 0 makes the update NaN.
       layer_axes: axes indexing separate layers, per leaf (see ``fromage``).
       axis_name: mesh axis name(s) to take global norms over (see ``fromage``).
 
@@ -119,7 +127,7 @@ def bound_weight_norm(
     def norms_of(tensors_tree, params):
         leaves, treedef = jax.tree.flatten(tensors_tree)
         norms = tensor_norms(
-            leaves,
+            [jnp.asarray(x) for x in leaves],
             _leaf_options.per_leaf_layer_axes(layer_axes, params),
             _leaf_options.per_leaf_axis_names(axis_name, params),
         )
@@ -133,6 +141,7 @@ def bound_weight_norm(
         if params is None:
             raise ValueError(_validation.NO_PARAMS_MSG.format(name=name))
         _validation.check_same_structure(updates, params, name)
+        updates, params = jax.tree.map(jnp.asarray, (updates, params))
         new_params = jax.tree.map(
             lambda u, w: w.astype(_working_dtype(w, u)) + u.astype(_working_dtype(w, u)),
             updates,
@@ -140,11 +149,14 @@ def bound_weight_norm(
         )
         new_norms = norms_of(new_params, params)
 
+        valid = _step.hyperparameters_valid(0.0, p_bound)
+
         def leaf_update(u, w, new_w, new_norm, initial_norm):
             dtype = new_w.dtype
-            _, factor = bounded_norm_factor(
+            _, factor = _step.bounded_norm_factor(
                 new_norm.astype(dtype), initial_norm.astype(dtype), p_bound
             )
+            (factor,) = _step.nan_where_invalid(valid, factor)
             return (factor * new_w - w.astype(dtype)).astype(u.dtype)
 
         new_updates = jax.tree.map(

@@ -136,9 +136,7 @@ def resume(directory: Path, mesh):
     results = {
         "leaves": len(reference),
         "restored_count": int(restored["opt_state"].count),
-        "restored_initial_norm_shapes": jax.tree.map(
-            lambda x: list(x.shape), restored["opt_state"].initial_norms
-        ),
+        "restored_initial_norm_shapes": list(restored["opt_state"].initial_norms.shape),
         "restored_sharding_kept": all(
             r.sharding.is_equivalent_to(f.sharding, f.ndim)
             for r, f in zip(jax.tree.leaves(restored), jax.tree.leaves(target), strict=True)

@@ -1,0 +1,324 @@
+"""Bad or unusual input gets the right answer or a clear error (issues #12 and #13's edges).
+
+Each test here failed on the code before these contracts were written down.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import fromage_optax
+from tests._reference import reference_step, relative_error
+
+# float32 steps agree with the float64 reference to a few ulps of the result.
+F32_TOLERANCE = 16 * float(np.finfo(np.float32).eps)
+
+
+def _chain(learning_rate, p_bound):
+    return optax.chain(
+        fromage_optax.scale_by_fromage(),
+        optax.scale_by_learning_rate(learning_rate),
+        fromage_optax.control_weight_norm(learning_rate),
+        fromage_optax.bound_weight_norm(p_bound) if p_bound else optax.identity(),
+    )
+
+
+def _step(optimizer, grads, params, initial=None, jit=False):
+    state = optimizer.init(params if initial is None else initial)
+    update = jax.jit(optimizer.update) if jit else optimizer.update
+    updates, _ = update(grads, state, params)
+    return optax.apply_updates(params, updates)
+
+
+# 1. A negative learning rate (from a schedule) keeps the bound.
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_negative_scheduled_learning_rate_keeps_the_bound(jit):
+    params = {"w": jnp.array([3.0, 4.0])}
+    schedule = lambda count: -0.1  # noqa: E731
+    fused = _step(fromage_optax.fromage(schedule, p_bound=1.0), params, params, jit=jit)
+    chained = _step(_chain(schedule, 1.0), params, params, jit=jit)
+    assert float(jnp.linalg.norm(fused["w"])) <= 5.0 * (1 + F32_TOLERANCE)
+    expected = reference_step(params["w"], params["w"], -0.1, 1.0, params["w"])
+    assert relative_error(fused["w"], expected) <= F32_TOLERANCE
+    assert relative_error(chained["w"], expected) <= F32_TOLERANCE
+
+
+def test_negative_learning_rate_far_below_the_bound_matches_the_reference():
+    rng = np.random.default_rng(0)
+    w, g = rng.normal(size=(2, 50)).astype(np.float32)
+    optimizer = fromage_optax.fromage(lambda count: -0.3, p_bound=1.2)
+    new = _step(optimizer, {"w": jnp.asarray(g)}, {"w": jnp.asarray(w)})
+    expected = reference_step(w, g, -0.3, 1.2, w)
+    assert relative_error(new["w"], expected) <= F32_TOLERANCE
+
+
+# 2. A p_bound state made for other params is refused, even with the same tensor count.
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_state_from_a_tree_with_swapped_sizes_is_refused(jit):
+    first = {"a": jnp.full(3, 10.0), "b": jnp.full(2, 0.1)}
+    second = {"a": jnp.full(2, 10.0), "b": jnp.full(3, 0.1)}
+    optimizer = fromage_optax.fromage(0.1, p_bound=1.0)
+    state = optimizer.init(first)
+    update = jax.jit(optimizer.update) if jit else optimizer.update
+    with pytest.raises(ValueError, match=r"initial_norms .* do not match.*\['a'\].*3.*2"):
+        update(second, state, second)
+
+
+def test_a_fitting_state_survives_jit_and_tree_maps():
+    params = {"a": jnp.full(3, 10.0), "b": jnp.full(2, 0.1)}
+    optimizer = fromage_optax.fromage(0.1, p_bound=1.0)
+    state = jax.jit(optimizer.init)(params)
+    state = jax.tree.map(lambda x: x, state)
+    updates, state = jax.jit(optimizer.update)(params, state, params)
+    np.testing.assert_allclose(np.asarray(state.initial_norms), [np.sqrt(300), np.sqrt(0.02)])
+    # The layout never changes how trees match (e.g. shard_map out_specs, checkpoint targets).
+    other = optimizer.init({"a": jnp.ones(2), "b": jnp.ones(3)})
+    assert jax.tree.structure(other) == jax.tree.structure(state)
+
+
+# 3. The diagnostics never hide NaN.
+
+
+def test_nan_update_of_a_zero_tensor_is_nan_not_zero():
+    updates = {"w": jnp.full(2, 0.01), "b": jnp.array([jnp.nan, 0.0])}
+    params = {"w": jnp.ones(2), "b": jnp.zeros(2)}
+    assert np.isnan(fromage_optax.deep_relative_trust(updates, params))
+    assert np.isnan(fromage_optax.relative_update_norms(updates, params)["b"])
+    assert np.isnan(fromage_optax.log_deep_relative_trust(updates, params))
+
+
+def test_nan_param_gives_a_nan_ratio_not_inf():
+    ratios = fromage_optax.relative_update_norms(
+        {"w": jnp.full(2, 0.01)}, {"w": jnp.array([jnp.nan, 1.0])}
+    )
+    assert np.isnan(ratios["w"])
+    monitor = fromage_optax.monitor_relative_trust()
+    params = {"w": jnp.array([jnp.nan, 1.0])}
+    _, state = monitor.update({"w": jnp.zeros(2)}, monitor.init(params), params)
+    assert np.isnan(fromage_optax.relative_trust_metrics(state)["max_relative_update_norm"])
+
+
+# 4. Complex updates of real params are refused.
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [fromage_optax.fromage(0.1), fromage_optax.scale_by_fromage()],
+    ids=["fromage", "scale_by_fromage"],
+)
+def test_complex_updates_are_refused(transform):
+    params = {"w": jnp.array([3.0, 4.0])}
+    with pytest.raises(TypeError, match=r"\['w'\].*complex.*jnp.real"):
+        transform.update({"w": jnp.array([1j, 0.0])}, transform.init(params), params)
+
+
+def test_complex_updates_are_refused_by_the_diagnostics():
+    with pytest.raises(TypeError, match=r"\['w'\].*complex"):
+        fromage_optax.relative_update_norms({"w": jnp.array([1j, 0.0])}, {"w": jnp.ones(2)})
+
+
+# 5. Vector-valued hyperparameters are refused, not broadcast per group.
+
+
+def test_vector_valued_schedule_is_refused():
+    params = {"w": jnp.ones(2)}
+    for transform in [
+        fromage_optax.fromage(lambda count: jnp.array([0.1, 0.2])),
+        fromage_optax.control_weight_norm(lambda count: jnp.array([0.1, 0.2])),
+    ]:
+        with pytest.raises(ValueError, match=r"learning_rate must be a scalar.*shape \(2,\)"):
+            transform.update(params, transform.init(params), params)
+
+
+@pytest.mark.parametrize("name", ["learning_rate", "p_bound"])
+def test_vector_injected_under_jit_is_refused(name):
+    params = {"w": jnp.ones(2)}
+    optimizer = optax.inject_hyperparams(fromage_optax.fromage)(learning_rate=0.1, p_bound=2.0)
+    state = optimizer.init(params)
+    state.hyperparams[name] = jnp.array([0.1, 0.2])
+    with pytest.raises(ValueError, match=f"{name} must be a scalar"):
+        jax.jit(optimizer.update)(params, state, params)
+
+
+# 6. Invalid hyperparameters at run time give a NaN step, which apply_if_finite skips.
+
+
+INVALID_AT_RUN_TIME = [
+    ("learning_rate", np.nan),
+    ("learning_rate", np.inf),
+    ("p_bound", np.nan),
+    ("p_bound", -1.0),
+    ("p_bound", 0.0),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), INVALID_AT_RUN_TIME)
+def test_invalid_injected_hyperparameter_makes_the_step_nan(name, value):
+    params = {"w": jnp.array([3.0, 4.0]), "b": jnp.zeros(2)}
+    grads = {"w": jnp.array([1.0, 0.0]), "b": jnp.ones(2)}
+    inner = optax.inject_hyperparams(fromage_optax.fromage)(learning_rate=0.1, p_bound=2.0)
+    state = inner.init(params)
+    state.hyperparams[name] = jnp.asarray(value, jnp.float32)
+    updates, _ = jax.jit(inner.update)(grads, state, params)
+    assert all(np.isnan(np.asarray(u)).all() for u in jax.tree.leaves(updates))
+    # So optax.apply_if_finite chained after it skips the step: the params stay as they were.
+    guarded = optax.chain(
+        optax.inject_hyperparams(fromage_optax.fromage)(learning_rate=0.1, p_bound=2.0),
+        optax.apply_if_finite(optax.identity(), 3),
+    )
+    guarded_state = guarded.init(params)
+    guarded_state[0].hyperparams[name] = jnp.asarray(value, jnp.float32)
+    updates, guarded_state = jax.jit(guarded.update)(grads, guarded_state, params)
+    assert all((np.asarray(u) == 0).all() for u in jax.tree.leaves(updates))
+    assert int(guarded_state[1].notfinite_count) == 1
+
+
+@pytest.mark.parametrize(
+    ("factory", "value"),
+    [
+        (lambda v: fromage_optax.control_weight_norm(lambda count: v), np.nan),
+        (lambda v: fromage_optax.control_weight_norm(lambda count: v), np.inf),
+        (fromage_optax.bound_weight_norm, -1.0),
+        (fromage_optax.bound_weight_norm, np.nan),
+    ],
+)
+def test_building_blocks_give_nan_for_invalid_run_time_values(factory, value):
+    params = {"w": jnp.array([3.0, 4.0])}
+    state = factory(2.0).init(params)
+    # Built under jit from a traced value, as optax.inject_hyperparams does.
+    update = jax.jit(lambda value, state: factory(value).update(params, state, params))
+    updates, _ = update(jnp.asarray(value, jnp.float32), state)
+    assert np.isnan(np.asarray(updates["w"])).all()
+
+
+def test_zero_learning_rate_leaves_the_params_unchanged():
+    params = {"w": jnp.array([3.0, 4.0]), "b": jnp.zeros(2)}
+    grads = {"w": jnp.array([1.0, 0.0]), "b": jnp.ones(2)}
+    for p_bound in [None, 1.0]:
+        optimizer = fromage_optax.fromage(optax.linear_schedule(0.0, 0.1, 10), p_bound)
+        new = _step(optimizer, grads, params, jit=True)
+        for k in params:
+            np.testing.assert_array_equal(new[k], params[k])
+
+
+# 7. A mask that leaves out a non-float leaf lets the diagnostics take the tree.
+
+
+def test_mask_may_leave_out_integer_leaves():
+    params = {"w": jnp.array([3.0, 4.0]), "n": jnp.array(3)}
+    updates = {"w": jnp.array([0.3, 0.4]), "n": jnp.array(1)}
+    mask = {"w": True, "n": False}
+    trust = fromage_optax.deep_relative_trust(updates, params, mask=mask)
+    np.testing.assert_allclose(trust, 0.1, rtol=1e-6)
+    np.testing.assert_allclose(
+        fromage_optax.log_deep_relative_trust(updates, params, mask=mask), np.log1p(0.1), rtol=1e-6
+    )
+    monitor = fromage_optax.monitor_relative_trust(mask=mask)
+    state = monitor.init(params)
+    assert np.isnan(state.relative_update_norms["n"])
+    out, state = jax.jit(monitor.update)(updates, state, params)
+    assert out is not None
+    np.testing.assert_allclose(state.max_relative_update_norm, 0.1, rtol=1e-6)
+    assert np.isnan(state.relative_update_norms["n"])
+    # A mask that selects the int leaf still names it.
+    with pytest.raises(TypeError, match=r"\['n'\].*int32.*mask"):
+        fromage_optax.monitor_relative_trust(mask={"w": True, "n": True}).init(params)
+    with pytest.raises(TypeError, match=r"\['n'\].*int32"):
+        fromage_optax.relative_update_norms(updates, params)
+
+
+# 8. An axis_name that is not a mesh axis is named, with the leaf.
+
+
+@pytest.mark.parametrize("p_bound", [None, 1.0])
+def test_unknown_axis_name_inside_shard_map_names_the_leaf_and_axis(p_bound):
+    mesh = jax.make_mesh((1,), ("data",))
+    optimizer = fromage_optax.fromage(0.1, p_bound, axis_name={"w": "dat", "v": None})
+
+    def step(params):
+        return optimizer.update(params, optimizer.init(params), params)[0]
+
+    mapped = jax.shard_map(step, mesh=mesh, in_specs=P(), out_specs=P())
+    with pytest.raises(ValueError, match=r"'dat'.*\['w'\].*not a mesh axis"):
+        mapped({"w": jnp.ones(4), "v": jnp.ones(2)})
+
+
+def test_axis_name_outside_shard_map_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"'data'.*not a mesh axis.*axis_name=None"):
+        fromage_optax.relative_update_norms(
+            {"w": jnp.ones(2)}, {"w": jnp.ones(2)}, axis_name="data"
+        )
+
+
+# Issue #13's edges: size 0, Python floats, jax.grad, learning rates whose η² overflows.
+
+
+SIZE_ZERO = {"empty": jnp.zeros((0, 3)), "w": jnp.array([3.0, 4.0]), "b": jnp.zeros(2)}
+GRADS = {"empty": jnp.zeros((0, 3)), "w": jnp.array([1.0, 0.0]), "b": jnp.ones(2)}
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("p_bound", [None, 2.0])
+def test_size_zero_leaves_work_like_zero_tensors(p_bound, jit):
+    for optimizer in [fromage_optax.fromage(0.1, p_bound), _chain(0.1, p_bound)]:
+        new = _step(optimizer, GRADS, SIZE_ZERO, jit=jit)
+        assert new["empty"].shape == (0, 3)
+        for k in ["w", "b"]:
+            expected = reference_step(SIZE_ZERO[k], GRADS[k], 0.1, p_bound, SIZE_ZERO[k])
+            if p_bound is None or k == "w":
+                assert relative_error(new[k], expected) <= F32_TOLERANCE, k
+    ratios = fromage_optax.relative_update_norms(GRADS, SIZE_ZERO)
+    assert float(ratios["empty"]) == 0.0
+    bound = fromage_optax.bound_weight_norm(2.0)
+    np.testing.assert_array_equal(np.asarray(bound.init(SIZE_ZERO).initial_norms["empty"]), 0)
+
+
+def test_python_float_leaves_work_like_optax():
+    params, grads = {"w": 3.0, "v": jnp.array([3.0, 4.0])}, {"w": 1.0, "v": jnp.ones(2)}
+    for optimizer in [
+        fromage_optax.fromage(0.1),
+        fromage_optax.fromage(0.1, 2.0),
+        _chain(0.1, 2.0),
+    ]:
+        new = _step(optimizer, grads, params)
+        expected = reference_step(np.array(3.0), np.array(1.0), 0.1)
+        assert relative_error(new["w"], expected) <= F32_TOLERANCE
+
+
+@pytest.mark.parametrize("p_bound", [None, 2.0])
+def test_grad_through_update_is_finite_at_zero_norm_tensors(p_bound):
+    """d(new params)/d(params) where a bias is zero: the plain step's derivative there."""
+    optimizer = fromage_optax.fromage(0.1, p_bound)
+    initial = {"w": jnp.array([3.0, 4.0]), "b": jnp.ones(2)}
+    state = optimizer.init(initial)
+
+    def total(params, grads):
+        updates, _ = optimizer.update(grads, state, params)
+        return sum(jnp.sum(x) for x in jax.tree.leaves(optax.apply_updates(params, updates)))
+
+    params = {"w": jnp.array([3.0, 4.0]), "b": jnp.zeros(2)}
+    grads = {"w": jnp.array([1.0, 0.0]), "b": jnp.zeros(2)}
+    by_params, by_grads = jax.grad(total, argnums=(0, 1))(params, grads)
+    for tree in (by_params, by_grads):
+        assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree))
+    # With g_b = 0 the bias takes the plain step W − ηg; its derivatives are 1/√(1+η²)
+    # in W and −η/√(1+η²) in g.
+    shrink = 1 / np.sqrt(1 + 0.1**2)
+    np.testing.assert_allclose(by_params["b"], shrink, rtol=1e-6)
+    np.testing.assert_allclose(by_grads["b"], -0.1 * shrink, rtol=1e-6)
+
+
+@pytest.mark.parametrize("factory", [fromage_optax.fromage, fromage_optax.control_weight_norm])
+def test_learning_rates_whose_square_overflows_are_refused(factory):
+    with pytest.raises(ValueError, match="too large.*at most"):
+        factory(2e19)
+    factory(1e18)  # large but representable: accepted
