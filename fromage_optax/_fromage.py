@@ -135,6 +135,11 @@ def _check_layout(initial_norms, layout, params, name):
 
 def _split_norms(flat, param_leaves, leaf_layer_axes, name):
     """`_flat_norms`' vector back to per-leaf keepdims norms, checked against the params."""
+    if flat is None:
+        raise ValueError(
+            f"{name}: the state has no initial_norms: it was built by a fromage without "
+            "p_bound. Build the state with init of this optimiser (with p_bound)."
+        )
     flat = getattr(flat, "values", flat)
     shapes = [
         tuple(d if a in axes else 1 for a, d in enumerate(jnp.shape(w)))
@@ -317,6 +322,12 @@ def fromage(
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         param_leaves, update_leaves, treedef = _validation.checked_leaves(updates, params, name)
+        if not hasattr(state, "count") or not hasattr(state, "initial_norms"):
+            raise TypeError(
+                f"{name}: the state must be the FromageState that this optimiser's init "
+                f"returned, got {type(state).__name__}. Pass opt.init(params) (or the "
+                "state that the previous update returned)."
+            )
         leaf_layer_axes = _leaf_options.per_leaf_layer_axes(layer_axes, params)
         leaf_axis_names = _leaf_options.per_leaf_axis_names(axis_name, params)
         initial_norms = [None] * len(param_leaves)

@@ -57,6 +57,14 @@ def _check_traced_scalar(value: Any, argument: str, name: str) -> bool:
     return True
 
 
+def _check_not_an_array(value: Any, argument: str, name: str) -> None:
+    if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) != 0:
+        raise ValueError(
+            f"{name}: {argument} must be a scalar, got an array of shape {np.shape(value)}. "
+            "Use optax.multi_transform to give groups of tensors their own optimiser."
+        )
+
+
 def check_learning_rate(learning_rate: Any, name: str) -> None:
     """Rejects a constant learning rate that is not a finite positive number.
 
@@ -74,6 +82,7 @@ def check_learning_rate(learning_rate: Any, name: str) -> None:
         raise TypeError(f"{name}: learning_rate must be a number or a schedule, got a bool.")
     if _check_traced_scalar(learning_rate, "learning_rate", name):
         return
+    _check_not_an_array(learning_rate, "learning_rate", name)
     if not is_concrete_number(learning_rate):
         raise TypeError(
             f"{name}: learning_rate must be a scalar number or a schedule, got "
@@ -98,6 +107,7 @@ def check_p_bound(p_bound: Any, name: str) -> None:
     """Rejects a p_bound that is set but not a finite positive number."""
     if p_bound is None or _check_traced_scalar(p_bound, "p_bound", name):
         return
+    _check_not_an_array(p_bound, "p_bound", name)
     if isinstance(p_bound, (bool, np.bool_)) or not is_concrete_number(p_bound):
         raise TypeError(
             f"{name}: p_bound must be None or a positive number, got {type(p_bound).__name__}."

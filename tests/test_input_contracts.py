@@ -322,3 +322,35 @@ def test_learning_rates_whose_square_overflows_are_refused(factory):
     with pytest.raises(ValueError, match="too large.*at most"):
         factory(2e19)
     factory(1e18)  # large but representable: accepted
+
+
+# Found while trying to break the API (see the closing note of #12).
+
+
+def test_array_hyperparameters_must_be_scalars():
+    with pytest.raises(ValueError, match=r"learning_rate must be a scalar.*\(1,\)"):
+        fromage_optax.fromage(jnp.array([0.1]))
+    with pytest.raises(ValueError, match=r"p_bound must be a scalar.*\(2,\)"):
+        fromage_optax.fromage(0.1, p_bound=np.array([1.0, 2.0]))
+
+
+def test_a_state_of_another_kind_is_named():
+    params = {"w": jnp.ones(3)}
+    optimizer = fromage_optax.fromage(0.1, p_bound=2.0)
+    with pytest.raises(TypeError, match="FromageState.*got EmptyState"):
+        optimizer.update(params, optax.EmptyState(), params)
+    unbounded_state = fromage_optax.fromage(0.1).init(params)
+    with pytest.raises(ValueError, match="no initial_norms.*without p_bound"):
+        optimizer.update(params, unbounded_state, params)
+
+
+@pytest.mark.parametrize("p_bound", [None, 2.0])
+def test_vmap_over_a_batch_of_models_gives_each_its_own_norms(p_bound):
+    rng = np.random.default_rng(3)
+    params = {"w": jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)}
+    grads = {"w": jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)}
+    optimizer = fromage_optax.fromage(0.1, p_bound)
+    batched = jax.vmap(lambda g, p: _step(optimizer, g, p))(grads, params)
+    for i in range(4):
+        expected = reference_step(params["w"][i], grads["w"][i], 0.1, p_bound, params["w"][i])
+        assert relative_error(batched["w"][i], expected) <= F32_TOLERANCE
