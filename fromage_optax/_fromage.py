@@ -200,7 +200,7 @@ def _fromage_updates(
     for group in groups:
         dtype = _step_dtype(param_leaves, update_leaves, group)
         initial_norm = None if p_bound is None else group.stacked_like(initial_norms)
-        param_coefficient, update_coefficient = _step.nan_where_invalid(
+        param_coefficient, update_coefficient, update_multiplier = _step.nan_where_invalid(
             valid,
             *_step.step_coefficients(
                 group.stats.param_norm,
@@ -214,13 +214,14 @@ def _fromage_updates(
         )
         # Materialised once per group, so each tensor's step reads two numbers
         # rather than carrying the scalar math into its elementwise loop.
-        param_coefficient, update_coefficient = jax.lax.optimization_barrier(
-            (param_coefficient, update_coefficient)
+        coefficients = jax.lax.optimization_barrier(
+            (param_coefficient, update_coefficient, update_multiplier)
         )
         for position, i in enumerate(group.indices):
+            a, b, c = (group.member(x, position) for x in coefficients)
             w, g = param_leaves[i], update_leaves[i]
-            new_w = group.member(param_coefficient, position) * w.astype(dtype)
-            new_g = group.member(update_coefficient, position) * g.astype(dtype)
+            new_w = a * w.astype(dtype)
+            new_g = b * (c * g.astype(dtype))
             new_leaves[i] = (new_w + new_g).astype(w.dtype)
     return new_leaves
 
@@ -254,9 +255,10 @@ def fromage(
     the step in a second one. Unlike ``optax.fromage`` it does not clamp norms,
     so tensors that start at zero (biases) take full-size steps.
 
-    Norms are accumulated in at least float32 and cannot overflow or underflow:
-    multiplying every gradient by any c in [1e-30, 1e30] leaves the step
-    unchanged. A NaN or Inf gradient makes that tensor's step non-finite, as with
+    Norms are accumulated in at least float32 and cannot overflow or underflow,
+    and the product η‖W‖/‖g‖·g is formed so that it cannot either: W and g may
+    each be scaled by anything in [1e-30, 1e30] and the step stays exact to
+    float32 rounding. Subnormal elements may be flushed to zero by the hardware. A NaN or Inf gradient makes that tensor's step non-finite, as with
     any optax optimiser; wrap with ``optax.apply_if_finite`` to skip such steps.
 
     Hyperparameters that arrive at run time (a schedule's value, or

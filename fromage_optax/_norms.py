@@ -88,18 +88,29 @@ def _pmax(x, axis_names):
     return lax.pmax(x, axis_names) if axis_names else x
 
 
-def _reciprocal_power_of_two(max_abs):
-    """1/2**e for the power of two 2**e at or below max_abs (1 for 0, inf or NaN).
+def power_of_two_scale(value):
+    """(2**e, 2**-e) for the power of two 2**e at or below `value` > 0, both normal floats.
 
-    Read straight off the exponent bits: exact, and only a few cheap ops.
+    Read straight off the exponent bits: exact, and only a few cheap ops. For 0,
+    inf, NaN or a subnormal `value` both are 1. Above 2**(emax − 2) the power is
+    clamped there, so that its reciprocal is not subnormal (CPUs flush those to
+    0): `value`·2**-e is then at most 8 instead of below 2.
     """
-    info = jnp.finfo(max_abs.dtype)
+    info = jnp.finfo(value.dtype)
     int_dtype = jnp.int32 if info.bits == 32 else jnp.int64
     exponent_bits = ((1 << (info.bits - 1)) - 1) ^ ((1 << info.nmant) - 1)
-    bits = lax.bitcast_convert_type(max_abs, int_dtype)
-    power = lax.bitcast_convert_type(bits & jnp.asarray(exponent_bits, int_dtype), max_abs.dtype)
+    bits = lax.bitcast_convert_type(value, int_dtype)
+    power = lax.bitcast_convert_type(bits & jnp.asarray(exponent_bits, int_dtype), value.dtype)
     usable = (power >= info.tiny) & (power < jnp.inf)
-    return jnp.where(usable, 1 / jnp.where(usable, power, 1), 1)
+    power = jnp.minimum(
+        jnp.where(usable, power, 1), jnp.asarray(2.0 ** (info.maxexp - 3), value.dtype)
+    )
+    return power, 1 / power
+
+
+def _reciprocal_power_of_two(max_abs):
+    """2**-e for the power of two at or below max_abs (see `power_of_two_scale`)."""
+    return power_of_two_scale(max_abs)[1]
 
 
 class _Group(NamedTuple):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from fromage_optax import _leaf_options, _step, _validation
-from fromage_optax._norms import paired_norm_stats
+from fromage_optax._norms import paired_norm_stats, power_of_two_scale
 
 
 class ScaleByFromageState(NamedTuple):
@@ -67,10 +67,14 @@ def scale_by_fromage(
         )
         new_leaves = []
         for g, s in zip(update_leaves, stats):
+            # g·‖W‖/‖g‖ as (‖W‖/(‖g‖·2**-e))·(2**-e·g): no factor under- or overflows.
+            scale, multiplier = power_of_two_scale(s.update_norm)
             use_ratio = (s.param_norm > 0) & (s.update_norm > 0)
-            ratio = _step.safe_ratio(s.param_norm, s.update_norm, use_ratio)
+            ratio = _step.safe_ratio(s.param_norm, s.update_norm * multiplier, use_ratio)
+            ratio = jnp.where(use_ratio, ratio, scale)
             dtype = jnp.promote_types(ratio.dtype, g.dtype)
-            new_leaves.append((g.astype(dtype) * ratio.astype(dtype)).astype(g.dtype))
+            scaled = g.astype(dtype) * multiplier.astype(dtype)
+            new_leaves.append((scaled * ratio.astype(dtype)).astype(g.dtype))
         return jax.tree.unflatten(treedef, new_leaves), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -9,7 +9,9 @@ With r = ‖W‖/‖g‖ (1 where either norm is 0) the whole step is
 
     W' − W = a·W + b·g,   a = 1/√(1+η²) − 1,   b = −η·r/√(1+η²),
 
-and with p_bound the bound's factor folds into a and b.
+with b·g formed as (b·2**e)·(2**-e·g) so that it cannot under- or overflow
+(see `step_coefficients`), and with p_bound the bound's factor folded into a
+and b.
 
 Hyperparameters that arrive at run time (a schedule, `optax.inject_hyperparams`
 under jit) cannot raise an error; an invalid one (η NaN or ±inf, p_bound NaN,
@@ -24,6 +26,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 
 from fromage_optax import _validation
+from fromage_optax._norms import power_of_two_scale
 
 
 class NormControl(NamedTuple):
@@ -77,17 +80,24 @@ def bounded_norm_factor(new_norm, initial_norm, p_bound):
 
 
 def step_coefficients(param_norm, update_norm, cosine, initial_norm, learning_rate, p_bound, dtype):
-    """(a, b) with W' − W = a·W + b·g, from the norms (any shape, broadcast together).
+    """(a, b, c) with W' − W = a·W + b·(c·g), from the norms (any shape, broadcast together).
 
-    `cosine` and `initial_norm` are used with `p_bound` only.
+    c = 2**-e is the power of two at or below 1/‖g‖ and b = −η·(‖W‖/‖g‖)·2**e/√(1+η²):
+    splitting the coefficient this way, neither factor under- or overflows
+    wherever the step itself is representable (η‖W‖/‖g‖ alone does for small ‖W‖
+    and large ‖g‖, and c·g is exact). `cosine` and `initial_norm` are used with
+    `p_bound` only.
     """
     param_norm = param_norm.astype(dtype)
     update_norm = update_norm.astype(dtype)
     eta = jnp.asarray(learning_rate, dtype)
     shrink, shrink_minus_one = norm_control(learning_rate, dtype)
+    update_scale, update_multiplier = power_of_two_scale(update_norm)
 
     use_ratio = (param_norm > 0) & (update_norm > 0)
-    step_size = eta * safe_ratio(param_norm, update_norm, use_ratio)
+    # ‖g‖·2**-e is in [1, 8): the ratio to it cannot overflow where ‖W‖ does not.
+    ratio = safe_ratio(param_norm, update_norm * update_multiplier, use_ratio)
+    step_size = eta * jnp.where(use_ratio, ratio, update_scale)
     update_coefficient = -shrink * step_size
     param_coefficient = shrink_minus_one
 
@@ -103,7 +113,7 @@ def step_coefficients(param_norm, update_norm, cosine, initial_norm, learning_ra
         exceeds, factor = bounded_norm_factor(new_norm, initial_norm.astype(dtype), p_bound)
         param_coefficient = jnp.where(exceeds, factor * shrink - 1, shrink_minus_one)
         update_coefficient = factor * update_coefficient
-    return param_coefficient, update_coefficient
+    return param_coefficient, update_coefficient, update_multiplier
 
 
 def could_pass_bound(param_norm, update_norm, initial_norm, learning_rate, p_bound, dtype):

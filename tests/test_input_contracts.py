@@ -354,3 +354,32 @@ def test_vmap_over_a_batch_of_models_gives_each_its_own_norms(p_bound):
     for i in range(4):
         expected = reference_step(params["w"][i], grads["w"][i], 0.1, p_bound, params["w"][i])
         assert relative_error(batched["w"][i], expected) <= F32_TOLERANCE
+
+
+def test_gradient_elements_above_two_to_the_127_keep_the_exact_step():
+    """The power-of-two prescale of such a tensor used to be subnormal (flushed to 0 on CPU),
+    so the step silently became the plain W − ηg."""
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=100).astype(np.float32)
+    g = rng.normal(size=100).astype(np.float32)
+    g[0] = np.float32(2.0**127.5)
+    for p_bound in [None, 1.5]:
+        new = _step(fromage_optax.fromage(0.01, p_bound), {"w": g}, {"w": w}, jit=True)
+        expected = reference_step(w, g, 0.01, p_bound, w)
+        assert relative_error(new["w"], expected) <= F32_TOLERANCE
+    ratios = fromage_optax.relative_update_norms({"w": g}, {"w": w})
+    np.testing.assert_allclose(
+        ratios["w"], np.linalg.norm(g.astype(np.float64)) / np.linalg.norm(w), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize(("w_scale", "g_scale"), [(1e-5, 1e31), (1e-30, 1e30), (1e30, 1e-30)])
+def test_scale_by_fromage_forms_its_product_without_under_or_overflow(w_scale, g_scale):
+    rng = np.random.default_rng(5)
+    w = (rng.normal(size=200) * w_scale).astype(np.float32)
+    g = (rng.normal(size=200) * g_scale).astype(np.float32)
+    transform = fromage_optax.scale_by_fromage()
+    scaled, _ = jax.jit(transform.update)({"w": g}, transform.init(None), {"w": w})
+    w64, g64 = w.astype(np.float64), g.astype(np.float64)
+    expected = g64 * np.linalg.norm(w64) / np.linalg.norm(g64)
+    assert relative_error(scaled["w"], expected) <= F32_TOLERANCE

@@ -107,3 +107,33 @@ def test_norms_are_exact_for_tiny_and_huge_weights(c):
     opt = fromage_optax.fromage(0.05)
     u, _ = jax.jit(opt.update)(g, opt.init(w), w)
     assert relative_error(w + u, reference_step(w, g, 0.05)) < 1e-6
+
+
+scales = st.integers(-30, 30).map(lambda k: 10.0**k)
+shapes_with_empty = st.lists(st.integers(0, 6), min_size=0, max_size=3).map(tuple)
+
+
+@given(shapes_with_empty, scales, scales, st.sampled_from([None, 0.9, 2.0]), seeds)
+def test_step_is_exact_at_every_scale_of_weights_and_gradients(
+    shape, w_scale, g_scale, p_bound, seed
+):
+    """W and g scaled independently anywhere in float32's range: the step W' − W is the
+    float64 reference's to float32 rounding, and never under- or overflows."""
+    eta = 0.01
+    w = normal(seed, shape, w_scale)
+    g = normal(seed + 1, shape, g_scale)
+    bounded = p_bound is not None
+    state = _INJECTED[bounded].init(w)
+    if bounded:
+        state.hyperparams["p_bound"] = np.float32(p_bound)
+    state.hyperparams["learning_rate"] = np.float32(eta)
+    updates, _ = _UPDATE[bounded](g, state, w)
+    expected = reference_step(w, g, eta, p_bound, w) - w.astype(np.float64)
+    # u = a·W + b·g, each term rounded to a few float32 ulps (norms, coefficients, products).
+    w64, g64 = w.astype(np.float64), g.astype(np.float64)
+    w_norm, g_norm = np.linalg.norm(w64), np.linalg.norm(g64)
+    ratio = w_norm / g_norm if w_norm > 0 and g_norm > 0 else 1.0
+    terms = (1 - 1 / np.sqrt(1 + eta**2)) * w_norm + eta * ratio * g_norm
+    error = np.linalg.norm(np.asarray(updates, np.float64) - expected)
+    assert np.all(np.isfinite(updates))
+    assert error <= 32 * np.finfo(np.float32).eps * (terms + np.linalg.norm(expected))
