@@ -140,7 +140,7 @@ def launch(num_processes: int, argv: list[str], devices_per_process: int, timeou
     ).strip()
     common = [*worker_argv(argv), "--coordinator", coordinator]
     common += ["--num-processes", str(num_processes)]
-    # SIGTERM (e.g. from a test's timeout) unwinds through `finally`, stopping the workers.
+    # SIGTERM (e.g. from a job scheduler) unwinds through `finally`, stopping the workers.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     processes: list[subprocess.Popen] = []
     try:
