@@ -29,7 +29,9 @@ import pytest
 from benchmarks import multihost
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["--preset", "quick", "--steps", "6"]
+# p_bound below 1: every tensor starts above its cap, so the bound binds from the first step.
+P_BOUND = 0.95
+QUICK = ["--preset", "quick", "--steps", "6", "--p-bound", str(P_BOUND)]
 STEPS = 6
 SAVED_AT = 3
 # Per step, every value is rounded after sums (norms, the batch sum of gradients, matmul
@@ -186,6 +188,22 @@ def test_processes_give_the_one_process_step(request, processes, mode, reference
     assert ulps.pop("['opt_state'].count") == 0
     assert ulps.pop("['opt_state'].initial_norms") <= ULPS_PER_STEP
     assert max(ulps.values()) <= ULPS_PER_STEP * STEPS
+
+
+def test_the_bound_binds(reference):
+    """The control: with p_bound inactive the comparisons above would skip its branch.
+
+    The warmup's learning rate is 0 at step 0, so that step leaves every norm at ‖W₀‖ and
+    only the cap (p_bound < 1) can move it; after it, every norm stays at or below p·‖W₀‖
+    (with p_bound 2, which never binds here, they end at 0.956 to 0.997 of ‖W₀‖).
+    """
+    norms = []
+    for key, leaf in reference.items():
+        if key.startswith("['params']"):
+            per_layer = leaf.reshape(leaf.shape[0], -1) if "blocks" in key else leaf.reshape(1, -1)
+            norms.extend(np.linalg.norm(per_layer.astype(np.float64), axis=1))
+    ratios = np.array(norms) / reference["['opt_state'].initial_norms"]
+    assert np.all(ratios <= P_BOUND * (1 + 1e-6)), ratios
 
 
 def test_meshes_span_the_processes(two_processes, four_processes):
