@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -11,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fromage_optax import _leaf_options, _step, _validation
+from fromage_optax import _leaf_options, _norms, _step, _validation
 from fromage_optax._learning_rate import learning_rate_at
-from fromage_optax._norms import accumulation_dtype, grouped_pair_stats, tensor_norms
+from fromage_optax._norms import accumulation_dtype, tensor_norms
 
 
 class FromageState(NamedTuple):
@@ -184,7 +183,7 @@ def _any_could_pass_bound(param_leaves, update_leaves, initial_norms, eta, p_bou
         )
         for group in groups
     ]
-    return jnp.any(jnp.stack(flags))
+    return jnp.any(jnp.stack(flags)) if flags else False
 
 
 def _fromage_updates(
@@ -258,8 +257,9 @@ def fromage(
     Norms are accumulated in at least float32 and cannot overflow or underflow,
     and the product η‖W‖/‖g‖·g is formed so that it cannot either: W and g may
     each be scaled by anything in [1e-30, 1e30] and the step stays exact to
-    float32 rounding. Subnormal elements may be flushed to zero by the hardware. A NaN or Inf gradient makes that tensor's step non-finite, as with
-    any optax optimiser; wrap with ``optax.apply_if_finite`` to skip such steps.
+    float32 rounding. Subnormal elements may be flushed to zero by the hardware.
+    A NaN or Inf gradient makes that tensor's step non-finite, as with any optax
+    optimiser; wrap with ``optax.apply_if_finite`` to skip such steps.
 
     Hyperparameters that arrive at run time (a schedule's value, or
     ``optax.inject_hyperparams`` under jit) are not checked by an error: an
@@ -343,18 +343,21 @@ def fromage(
             initial_norms = _split_norms(state.initial_norms, param_leaves, leaf_layer_axes, name)
 
         eta = learning_rate_at(learning_rate, state.count, name)
-        groups = grouped_pair_stats(
+        plain = _norms.plain_norms(
             param_leaves,
             update_leaves,
             leaf_layer_axes,
             leaf_axis_names,
-            with_cosine=p_bound is not None,
             # Under p_bound a tensor that started at zero is held exactly at zero.
-            bound_norms=None if p_bound is None else initial_norms,
-            cosine_needed=None
+            zero_is_exact=None if p_bound is None else [n == 0 for n in initial_norms],
+        )
+        # ⟨W, g⟩ is needed only on steps where some tensor could pass its bound.
+        groups = _norms.finish(
+            plain,
+            inner_product_when=None
             if p_bound is None
-            else functools.partial(
-                _any_could_pass_bound, param_leaves, update_leaves, initial_norms, eta, p_bound
+            else _any_could_pass_bound(
+                param_leaves, update_leaves, initial_norms, eta, p_bound, plain.stats
             ),
         )
         new_leaves = _fromage_updates(

@@ -1,11 +1,11 @@
-"""Per-tensor (or per-layer-slice) Frobenius norms: exact, overflow-proof and fast.
+"""Per-tensor (or per-layer-slice) Frobenius norms: exact and overflow-proof.
 
 Fromage needs, for every tensor W with update g, ‖W‖, ‖g‖ and (for p_bound)
-the cosine ⟨W, g⟩ / (‖W‖‖g‖). This module computes them
+the cosine ⟨W, g⟩ / (‖W‖‖g‖). This module is the one place that decides how
+they are made exact; `_batching` makes them fast. Norms come
 
-* **in one read of each tensor** in the common case: plain sums of squares
-  (a pattern XLA compiles to its fastest reduction), accumulated in at least
-  float32 — bfloat16/float16 inputs are upcast;
+* **from one read of each tensor** in the common case: plain sums of squares,
+  accumulated in at least float32 (bfloat16/float16 inputs are upcast);
 * **without overflow or underflow** at any scale: when a sum of squares is not
   safely inside the floating-point range (it overflowed, or is so small that
   flushed subnormal squares could matter), every norm is recomputed after
@@ -13,39 +13,46 @@ the cosine ⟨W, g⟩ / (‖W‖‖g‖). This module computes them
   That fallback sits behind a single branch (`lax.switch`) for the whole tree,
   so it runs only when needed (on a CPU the branch point still costs some
   overlap between the reductions and the step; the numbers are in the README);
-* **with the inner product only when asked**: ⟨W, g⟩ (for p_bound's ‖W'‖) can
-  be made conditional on a caller's test of the plain norms, as a third branch
-  of the same switch, sparing a pass over the tensors on other steps;
-* **with few kernels** for trees of many small tensors: small tensors of the
-  same shape, dtype and layout are stacked (up to 64 at a time) and reduced
-  together;
+* **with the inner product when the caller says so**: in the same read
+  (`plain_norms(..., inner_product=True)`), or only on steps where a boolean
+  that the caller computed from the plain norms is True (`finish(plain,
+  inner_product_when=...)`), as a third branch of the same switch;
 * **per layer slice** when `layer_axes` names axes that index separate layers,
-  and **globally** across devices when `axis_names` names mesh axes (sums are
-  `psum`-ed, max-abs values `pmax`-ed).
+  and **globally** across devices when `axis_names` names mesh axes.
 
 A zero sum of squares is checked too (every square may have underflowed),
-except for parameter slices that p_bound holds at zero.
+except for slices that the caller marks as exactly zero (`zero_is_exact`).
 
-Every norm comes back with `keepdims=True` shapes (size 1 on the reduced axes),
-so it broadcasts against its tensor.
+The protocol has two steps, so that decisions stay with the caller and arrive
+here as data: `plain_norms` reduces, then `finish` picks the exact values.
+`paired_norm_stats` and `tensor_norms` do both for the per-leaf callers. Every
+norm comes back with `keepdims=True` shapes (size 1 on the reduced axes), so
+it broadcasts against its tensor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-# Tensors with at most this many elements are stacked with same-shaped peers
-# and reduced together: for small tensors the per-kernel overhead dominates,
-# for large ones stacking would cost a copy.
-GROUP_MAX_SIZE = 1 << 16
-# At most this many tensors per stack: a stack is a concatenation fused into the
-# reduction, and XLA's compile time for such a fusion grows with its operand count.
-GROUP_MAX_MEMBERS = 64
+from fromage_optax import _batching
+from fromage_optax._batching import accumulation_dtype, power_of_two_scale
+
+__all__ = [
+    "GroupStats",
+    "PairStats",
+    "PlainNorms",
+    "accumulation_dtype",
+    "finish",
+    "paired_norm_stats",
+    "plain_norms",
+    "power_of_two_scale",
+    "tensor_norms",
+]
 
 
 class PairStats(NamedTuple):
@@ -54,199 +61,6 @@ class PairStats(NamedTuple):
     param_norm: jax.Array
     update_norm: jax.Array
     cosine: jax.Array | None
-
-
-def accumulation_dtype(dtype) -> jnp.dtype:
-    """The dtype norms are accumulated in: float32, or the input's if wider."""
-    return jnp.promote_types(dtype, jnp.float32)
-
-
-def _sqrt(sum_of_squares):
-    """√s with a finite derivative at s = 0 (zero there), for `jax.grad` through a step.
-
-    Every use of a zero norm is masked out by the step (it takes the plain step
-    there), so the derivative through that norm must be 0, not 0·∞ = NaN. A NaN
-    sum stays NaN.
-    """
-    positive = sum_of_squares > 0
-    root = jnp.sqrt(jnp.where(positive, sum_of_squares, 1))
-    return jnp.where(positive, root, jnp.where(sum_of_squares == 0, 0, jnp.nan))
-
-
-def _cosine(dot, norm_a, norm_b):
-    """⟨a, b⟩/(‖a‖‖b‖), NaN where a norm is 0, with a finite derivative there."""
-    usable = (norm_a > 0) & (norm_b > 0)
-    cosine = dot / jnp.where(usable, norm_a, 1) / jnp.where(usable, norm_b, 1)
-    return jnp.where(usable, cosine, jnp.nan)
-
-
-def _psum(x, axis_names):
-    return lax.psum(x, axis_names) if axis_names else x
-
-
-def _pmax(x, axis_names):
-    return lax.pmax(x, axis_names) if axis_names else x
-
-
-def power_of_two_scale(value):
-    """(2**e, 2**-e) for the power of two 2**e at or below `value` > 0, both normal floats.
-
-    Read straight off the exponent bits: exact, and only a few cheap ops. For 0,
-    inf, NaN or a subnormal `value` both are 1. Above 2**(emax − 2) the power is
-    clamped there, so that its reciprocal is not subnormal (CPUs flush those to
-    0): `value`·2**-e is then at most 8 instead of below 2.
-    """
-    info = jnp.finfo(value.dtype)
-    int_dtype = jnp.int32 if info.bits == 32 else jnp.int64
-    exponent_bits = ((1 << (info.bits - 1)) - 1) ^ ((1 << info.nmant) - 1)
-    bits = lax.bitcast_convert_type(value, int_dtype)
-    power = lax.bitcast_convert_type(bits & jnp.asarray(exponent_bits, int_dtype), value.dtype)
-    usable = (power >= info.tiny) & (power < jnp.inf)
-    power = jnp.minimum(
-        jnp.where(usable, power, 1), jnp.asarray(2.0 ** (info.maxexp - 3), value.dtype)
-    )
-    return power, 1 / power
-
-
-def _reciprocal_power_of_two(max_abs):
-    """2**-e for the power of two at or below max_abs (see `power_of_two_scale`)."""
-    return power_of_two_scale(max_abs)[1]
-
-
-class _Group(NamedTuple):
-    indices: tuple[int, ...]
-    reduce_axes: tuple[int, ...]
-    axis_names: tuple[str, ...]
-    stacked: bool
-
-
-def _layout_key(x, position: int):
-    """What two tensors must share to be stacked without moving data between devices.
-
-    Under a mesh with Explicit axes the layout is part of the type: tensors with
-    the same PartitionSpec stack in place (others would not even type-check).
-    Under Auto axes of size > 1 (classic jit + NamedSharding) the layout is not
-    known while tracing, and stacking differently laid out tensors would make XLA
-    reshard one of them, so such tensors are not stacked. Without a mesh, or on
-    the local shards inside shard_map, any tensors stack.
-    """
-    typeof = getattr(jax, "typeof", None)  # jax >= 0.6
-    try:
-        sharding = getattr(typeof(x), "sharding", None) if typeof is not None else None
-    except TypeError:
-        return None
-    mesh = getattr(sharding, "mesh", None)
-    if mesh is None or getattr(mesh, "empty", True):
-        return None
-    auto_axes = set(getattr(mesh, "auto_axes", ()))
-    if any(size > 1 for name, size in mesh.shape.items() if name in auto_axes):
-        return ("not stacked", position)
-    return sharding.spec
-
-
-def _make_groups(tensors, partners, layer_axes, axis_names) -> list[_Group]:
-    buckets: dict[tuple, list[int]] = {}
-    groups = []
-    for i, x in enumerate(tensors):
-        if x.size <= GROUP_MAX_SIZE:
-            partner_dtype = None if partners is None else partners[i].dtype
-            key = (
-                x.shape,
-                x.dtype,
-                partner_dtype,
-                layer_axes[i],
-                axis_names[i],
-                _layout_key(x, i),
-                None if partners is None else _layout_key(partners[i], i),
-            )
-            buckets.setdefault(key, []).append(i)
-        else:
-            axes = tuple(a for a in range(x.ndim) if a not in layer_axes[i])
-            groups.append(_Group((i,), axes, axis_names[i], stacked=False))
-    chunks = [
-        (key, members[start : start + GROUP_MAX_MEMBERS])
-        for key, members in buckets.items()
-        for start in range(0, len(members), GROUP_MAX_MEMBERS)
-    ]
-    for (shape, *_), members in chunks:
-        first = members[0]
-        axes = tuple(a for a in range(len(shape)) if a not in layer_axes[first])
-        if len(members) == 1:
-            groups.append(_Group((first,), axes, axis_names[first], stacked=False))
-        else:
-            shifted = tuple(a + 1 for a in axes)
-            groups.append(_Group(tuple(members), shifted, axis_names[first], stacked=True))
-    return groups
-
-
-def _group_inputs(group: _Group, sources):
-    """The group's tensors from each source, upcast, stacked when the group is."""
-    xs = []
-    for source in sources:
-        members = [source[i] for i in group.indices]
-        x = jnp.stack(members) if group.stacked else members[0]
-        if x.dtype != accumulation_dtype(x.dtype):
-            # Upcast here, apart from the step's own upcast: otherwise XLA (CSE) shares
-            # one float32 copy of the tensor between the norms and the step, and
-            # XLA:CPU writes that copy out (bfloat16 steps took 8-11x SGD on large
-            # trees instead of 2-3x).
-            x = lax.optimization_barrier(x)
-        xs.append(x.astype(accumulation_dtype(x.dtype)))
-    return xs
-
-
-def _plain_sums(groups, sources, with_dot):
-    """Per group: plain sums of squares (one per source) and the inner product."""
-    per_group = []
-    for group in groups:
-        xs = _group_inputs(group, sources)
-        sums = [jnp.sum(x * x, axis=group.reduce_axes, keepdims=True) for x in xs]
-        if with_dot:
-            sums.append(jnp.sum(xs[0] * xs[1], axis=group.reduce_axes, keepdims=True))
-        per_group.append([_psum(value, group.axis_names) for value in sums])
-    return per_group
-
-
-def _plain_cosine(group, sources, norms):
-    """cos(W, g) of a group from a plain inner product and its (trusted) plain norms."""
-    xs = _group_inputs(group, sources)
-    dot = _psum(jnp.sum(xs[0] * xs[1], axis=group.reduce_axes, keepdims=True), group.axis_names)
-    return _cosine(dot, norms[0], norms[1])
-
-
-def _rescaled_norms(group, sources, with_dot):
-    """Norms (and cosine) of a group with every slice scaled by a power of two first."""
-    scaled = []
-    for x in _group_inputs(group, sources):
-        # initial=0: a tensor of size 0 has max-abs 0 (and norm 0).
-        max_abs = jnp.max(jnp.abs(x), axis=group.reduce_axes, keepdims=True, initial=0)
-        scale = _reciprocal_power_of_two(_pmax(max_abs, group.axis_names))
-        y = x * scale
-        sum_of_squares = _psum(
-            jnp.sum(y * y, axis=group.reduce_axes, keepdims=True), group.axis_names
-        )
-        scaled.append((y, sum_of_squares, scale))
-    values = [_sqrt(s) / scale for _, s, scale in scaled]
-    if with_dot:
-        (y0, s0, _), (y1, s1, _) = scaled
-        dot = _psum(jnp.sum(y0 * y1, axis=group.reduce_axes, keepdims=True), group.axis_names)
-        values.append(_cosine(dot, _sqrt(s0), _sqrt(s1)))
-    return values
-
-
-def _norms_from_sums(sums, with_dot):
-    norms = [_sqrt(s) for s in sums[: len(sums) - int(with_dot)]]
-    if with_dot:
-        norms.append(_cosine(sums[-1], norms[0], norms[1]))
-    return norms
-
-
-def _safe(sum_of_squares):
-    """Whether a plain sum of squares is safely inside the floating-point range."""
-    # 2**62 above the smallest normal: even 2**30 flushed subnormal squares
-    # change such a sum by less than 2**-32 of its value.
-    low = float(jnp.finfo(sum_of_squares.dtype).tiny) * 2.0**62
-    return (sum_of_squares >= low) & (sum_of_squares < jnp.inf)
 
 
 class GroupStats(NamedTuple):
@@ -273,105 +87,147 @@ class GroupStats(NamedTuple):
         return jnp.stack(members) if self.stacked else members[0]
 
 
-def _grouped_stats(
-    tensors,
-    partners,
-    layer_axes,
-    axis_names,
-    with_dot,
-    bound_norms=None,
-    cosine_needed=None,
-):
-    """[GroupStats] covering every leaf once; norms of `tensors` (and `partners`).
+class PlainNorms(NamedTuple):
+    """What `plain_norms` found: the groups, their plain norms, and whether to trust them.
 
-    `bound_norms`: optional per-leaf ‖W₀‖ of p_bound (keepdims shapes); a slice
-    with ‖W₀‖ = 0 is held exactly at zero, so its zero sum of squares is exact.
-
-    `cosine_needed` (with `with_dot`): optional callable taking the groups'
-    `GroupStats` without cosines and returning whether any cosine is needed (a
-    boolean scalar). When it returns False the inner products are not computed
-    (one pass over the tensors fewer) and every cosine is reported as −1.
+    Attributes:
+      groups: how the leaves were grouped (`_batching.Group`).
+      sources: the leaves reduced: ``[tensors]`` or ``[tensors, partners]``.
+      stats: one `GroupStats` per group from the plain sums (cosine only with
+        ``inner_product``).
+      trusted: a boolean scalar: every plain sum of squares is safely inside the
+        floating-point range.
+      inner_product: whether ⟨W, g⟩ was reduced in the same read.
     """
-    if not tensors:
-        return []
-    groups = _make_groups(tensors, partners, layer_axes, axis_names)
-    sources = [tensors] if partners is None else [tensors, partners]
-    lazy_dot = with_dot and cosine_needed is not None
-    sums = _plain_sums(groups, sources, with_dot and not lazy_dot)
 
+    groups: list
+    sources: list
+    stats: list[GroupStats]
+    trusted: Any
+    inner_product: bool
+
+
+def _group_stats(group, values, with_partners: bool, with_cosine: bool) -> GroupStats:
+    return GroupStats(
+        group.indices,
+        group.stacked,
+        PairStats(
+            values[0],
+            values[1] if with_partners else None,
+            values[-1] if with_cosine else None,
+        ),
+    )
+
+
+def _trusted(groups, sums, source_count, zero_is_exact):
+    """Whether every plain sum of squares can be used as it is (a boolean scalar)."""
     flags = []
     for group, group_sums in zip(groups, sums):
-        for position, sum_of_squares in enumerate(group_sums[: len(sources)]):
-            trusted = _safe(sum_of_squares)
-            if position == 0 and bound_norms is not None:
-                members = [bound_norms[i] for i in group.indices]
-                bound = (jnp.stack(members) if group.stacked else members[0]).reshape(
+        for position, sum_of_squares in enumerate(group_sums[:source_count]):
+            trusted = _batching.safe(sum_of_squares)
+            if position == 0 and zero_is_exact is not None:
+                members = [zero_is_exact[i] for i in group.indices]
+                exact = (jnp.stack(members) if group.stacked else members[0]).reshape(
                     sum_of_squares.shape
                 )
-                trusted = trusted | ((bound == 0) & (sum_of_squares == 0))
+                trusted = trusted | (exact & (sum_of_squares == 0))
             flags.append(jnp.all(trusted))
-    all_trusted = jnp.all(jnp.stack(flags))
-    plain = [_norms_from_sums(group_sums, with_dot and not lazy_dot) for group_sums in sums]
+    return jnp.all(jnp.stack(flags))
 
-    def from_plain_sums(plain):
-        return plain
 
-    def rescaled(plain):
-        del plain
-        return [_rescaled_norms(group, sources, with_dot) for group in groups]
+def plain_norms(
+    tensors: Sequence[jax.Array],
+    partners: Sequence[jax.Array] | None,
+    layer_axes: Sequence[tuple[int, ...]],
+    axis_names: Sequence[tuple[str, ...]],
+    *,
+    inner_product: bool = False,
+    zero_is_exact: Sequence[jax.Array] | None = None,
+) -> PlainNorms:
+    """Step 1: plain norms of `tensors` (and `partners`) from one read of each.
 
-    def without_cosines(plain):
-        return [norms + [jnp.full_like(norms[0], -1)] for norms in plain]
+    Args:
+      tensors: leaves W.
+      partners: None, or leaves g of the same shapes.
+      layer_axes: per leaf, the axes indexing separate layers (empty: one layer).
+      axis_names: per leaf, mesh axes to sum over (empty: not sharded).
+      inner_product: also reduce ⟨W, g⟩ in the same read.
+      zero_is_exact: optional per-leaf booleans (keepdims shapes) marking slices
+        of `tensors` known to be exactly zero when their sum of squares is
+        (so it needs no underflow check).
+    """
+    groups = _batching.make_groups(tensors, partners, layer_axes, axis_names)
+    sources = [tensors] if partners is None else [tensors, partners]
+    sums = _batching.plain_sums(groups, sources, inner_product)
+    trusted = _trusted(groups, sums, len(sources), zero_is_exact) if groups else True
+    stats = [
+        _group_stats(
+            group, _batching.norms_from_sums(s, inner_product), bool(partners), inner_product
+        )
+        for group, s in zip(groups, sums)
+    ]
+    return PlainNorms(groups, sources, stats, trusted, inner_product)
 
-    def with_plain_cosines(plain):
+
+def finish(plain: PlainNorms, *, inner_product_when: Any = None) -> list[GroupStats]:
+    """Step 2: the exact norms, one `GroupStats` per group covering every leaf once.
+
+    The plain norms where they are trusted, else (for the whole tree, behind one
+    `lax.switch`) the rescaled ones. `inner_product_when`: a boolean scalar that
+    the caller computed from ``plain.stats``; where it is False the inner
+    products are not reduced (one pass fewer) and every cosine is −1. Only for a
+    `plain` made without ``inner_product``.
+    """
+    if not plain.groups:
+        return []
+    groups, sources = plain.groups, plain.sources
+    lazy = inner_product_when is not None
+    with_cosine = plain.inner_product or lazy
+    values = [
+        [s.param_norm, s.update_norm, s.cosine][: len(sources) + plain.inner_product]
+        for s in (g.stats for g in plain.stats)
+    ]
+
+    def from_plain_sums(values):
+        return values
+
+    def rescaled(values):
+        del values
+        return [_batching.rescaled_norms(group, sources, with_cosine) for group in groups]
+
+    def without_cosines(values):
+        return [norms + [jnp.full_like(norms[0], -1)] for norms in values]
+
+    def with_plain_cosines(values):
         return [
-            norms + [_plain_cosine(group, sources, norms)] for group, norms in zip(groups, plain)
+            norms + [_batching.plain_cosine(group, sources, norms)]
+            for group, norms in zip(groups, values)
         ]
 
-    if lazy_dot:
-        need = cosine_needed(
-            [
-                GroupStats(g.indices, g.stacked, PairStats(n[0], n[1], None))
-                for g, n in zip(groups, plain)
-            ]
-        )
+    if lazy:
         branches = [without_cosines, with_plain_cosines, rescaled]
-        index = jnp.where(all_trusted, jnp.where(need, 1, 0), 2)
+        index = jnp.where(plain.trusted, jnp.where(inner_product_when, 1, 0), 2)
     else:
         branches = [rescaled, from_plain_sums]
-        index = all_trusted.astype(jnp.int32)
+        index = jnp.asarray(plain.trusted).astype(jnp.int32)
     if isinstance(index, jax.core.Tracer):
-        per_group = lax.switch(index, branches, plain)
+        per_group = lax.switch(index, branches, values)
     else:  # Outside jit the answer is known: branch in Python, compile nothing.
-        per_group = branches[int(index)](plain)
-
+        per_group = branches[int(index)](values)
     return [
-        GroupStats(
-            group.indices,
-            group.stacked,
-            PairStats(
-                values[0],
-                values[1] if partners is not None else None,
-                values[-1] if with_dot else None,
-            ),
-        )
-        for group, values in zip(groups, per_group)
+        _group_stats(group, v, len(sources) == 2, with_cosine)
+        for group, v in zip(groups, per_group)
     ]
 
 
-def _stats(tensors, partners, layer_axes, axis_names, with_dot, bound_norms=None):
-    """[PairStats] per leaf (see `_grouped_stats`), each in the leaf's keepdims shape."""
-    per_leaf: list = [None] * len(tensors)
-    for group in _grouped_stats(tensors, partners, layer_axes, axis_names, with_dot, bound_norms):
+def _per_leaf(groups: list[GroupStats], count: int) -> list[PairStats]:
+    per_leaf: list = [None] * count
+    for group in groups:
         for position, i in enumerate(group.indices):
             per_leaf[i] = PairStats(
                 *(None if v is None else group.member(v, position) for v in group.stats)
             )
     return per_leaf
-
-
-def _keepdims_shape(shape, layer_axes):
-    return tuple(d if a in layer_axes else 1 for a, d in enumerate(shape))
 
 
 def paired_norm_stats(
@@ -380,49 +236,15 @@ def paired_norm_stats(
     layer_axes: Sequence[tuple[int, ...]],
     axis_names: Sequence[tuple[str, ...]],
     with_cosine: bool,
-    bound_norms: Sequence[jax.Array] | None = None,
 ) -> list[PairStats]:
-    """‖W‖, ‖g‖ (and cos(W, g) if asked) for every leaf pair, per layer slice.
-
-    Args:
-      params: parameter leaves W.
-      updates: update leaves g, same shapes as `params`.
-      layer_axes: per leaf, the axes indexing separate layers (empty: one layer).
-      axis_names: per leaf, mesh axes to sum over (empty: not sharded).
-      with_cosine: also compute ⟨W, g⟩ / (‖W‖‖g‖) (NaN where a norm is 0).
-      bound_norms: optional per-leaf ‖W₀‖ of p_bound (keepdims shapes). A slice
-        with ‖W₀‖ = 0 is held exactly at zero by the bound, which spares its
-        zero sum of squares the underflow check.
+    """‖W‖, ‖g‖ (and cos(W, g) if asked, NaN where a norm is 0) for every leaf pair.
 
     Returns:
       One `PairStats` per leaf; every array has the leaf's rank with size 1 on
       the reduced axes, in the accumulation dtype.
     """
-    return _stats(params, updates, layer_axes, axis_names, with_cosine, bound_norms)
-
-
-def grouped_pair_stats(
-    params: Sequence[jax.Array],
-    updates: Sequence[jax.Array],
-    layer_axes: Sequence[tuple[int, ...]],
-    axis_names: Sequence[tuple[str, ...]],
-    with_cosine: bool,
-    bound_norms: Sequence[jax.Array] | None = None,
-    cosine_needed=None,
-) -> list[GroupStats]:
-    """`paired_norm_stats` before it is split per leaf: one `GroupStats` per group
-    of leaves reduced together, covering every leaf once.
-
-    Per-tensor scalar work done on these group-shaped values (rather than per
-    leaf) compiles to a few operations per group instead of a few per leaf.
-
-    `cosine_needed`: optional callable ``[GroupStats] -> bool scalar`` (the
-    stats without cosines); when it returns False, ⟨W, g⟩ is not computed and
-    every cosine is −1 (see `_grouped_stats`).
-    """
-    return _grouped_stats(
-        params, updates, layer_axes, axis_names, with_cosine, bound_norms, cosine_needed
-    )
+    plain = plain_norms(params, updates, layer_axes, axis_names, inner_product=with_cosine)
+    return _per_leaf(finish(plain), len(params))
 
 
 def tensor_norms(
@@ -431,4 +253,5 @@ def tensor_norms(
     axis_names: Sequence[tuple[str, ...]],
 ) -> list[jax.Array]:
     """‖W‖ for every leaf (per layer slice), overflow-proof, keepdims shapes."""
-    return [stats.param_norm for stats in _stats(tensors, None, layer_axes, axis_names, False)]
+    plain = plain_norms(tensors, None, layer_axes, axis_names)
+    return [stats.param_norm for stats in _per_leaf(finish(plain), len(tensors))]

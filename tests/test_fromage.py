@@ -246,12 +246,12 @@ def test_bound_matches_reference_near_its_edge(gap, jit):
 
 
 def test_inner_product_is_skipped_only_far_from_the_bound(monkeypatch):
-    from fromage_optax import _norms
+    from fromage_optax import _batching
 
     calls = []
-    plain_cosine = _norms._plain_cosine
+    plain_cosine = _batching.plain_cosine
     monkeypatch.setattr(
-        _norms, "_plain_cosine", lambda *args: calls.append(1) or plain_cosine(*args)
+        _batching, "plain_cosine", lambda *args: calls.append(1) or plain_cosine(*args)
     )
     p_bound, eta = 1.5, 0.1
     optimizer = fromage_optax.fromage(eta, p_bound)

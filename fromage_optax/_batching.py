@@ -1,0 +1,217 @@
+"""How the norms are computed fast: grouping, stacking, plain and rescaled sums.
+
+Behind `_norms`' entry point. Small tensors of the same shape, dtype and layout
+are stacked (up to `GROUP_MAX_MEMBERS` at a time) and reduced together, since
+for small tensors the per-kernel overhead dominates; every group's values come
+back with a leading member axis when it is stacked. Nothing here decides when
+a norm is trusted or which branch runs: that is `_norms`' job.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Tensors with at most this many elements are stacked with same-shaped peers
+# and reduced together: for small tensors the per-kernel overhead dominates,
+# for large ones stacking would cost a copy.
+GROUP_MAX_SIZE = 1 << 16
+# At most this many tensors per stack: a stack is a concatenation fused into the
+# reduction, and XLA's compile time for such a fusion grows with its operand count.
+GROUP_MAX_MEMBERS = 64
+
+
+def accumulation_dtype(dtype) -> jnp.dtype:
+    """The dtype norms are accumulated in: float32, or the input's if wider."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _sqrt(sum_of_squares):
+    """√s with a finite derivative at s = 0 (zero there), for `jax.grad` through a step.
+
+    Every use of a zero norm is masked out by the step (it takes the plain step
+    there), so the derivative through that norm must be 0, not 0·∞ = NaN. A NaN
+    sum stays NaN.
+    """
+    positive = sum_of_squares > 0
+    root = jnp.sqrt(jnp.where(positive, sum_of_squares, 1))
+    return jnp.where(positive, root, jnp.where(sum_of_squares == 0, 0, jnp.nan))
+
+
+def _cosine(dot, norm_a, norm_b):
+    """⟨a, b⟩/(‖a‖‖b‖), NaN where a norm is 0, with a finite derivative there."""
+    usable = (norm_a > 0) & (norm_b > 0)
+    cosine = dot / jnp.where(usable, norm_a, 1) / jnp.where(usable, norm_b, 1)
+    return jnp.where(usable, cosine, jnp.nan)
+
+
+def _psum(x, axis_names):
+    return lax.psum(x, axis_names) if axis_names else x
+
+
+def _pmax(x, axis_names):
+    return lax.pmax(x, axis_names) if axis_names else x
+
+
+def power_of_two_scale(value):
+    """(2**e, 2**-e) for the power of two 2**e at or below `value` > 0, both normal floats.
+
+    Read straight off the exponent bits: exact, and only a few cheap ops. For 0,
+    inf, NaN or a subnormal `value` both are 1. Above 2**(emax − 2) the power is
+    clamped there, so that its reciprocal is not subnormal (CPUs flush those to
+    0): `value`·2**-e is then at most 8 instead of below 2.
+    """
+    info = jnp.finfo(value.dtype)
+    int_dtype = jnp.int32 if info.bits == 32 else jnp.int64
+    exponent_bits = ((1 << (info.bits - 1)) - 1) ^ ((1 << info.nmant) - 1)
+    bits = lax.bitcast_convert_type(value, int_dtype)
+    power = lax.bitcast_convert_type(bits & jnp.asarray(exponent_bits, int_dtype), value.dtype)
+    usable = (power >= info.tiny) & (power < jnp.inf)
+    power = jnp.minimum(
+        jnp.where(usable, power, 1), jnp.asarray(2.0 ** (info.maxexp - 3), value.dtype)
+    )
+    return power, 1 / power
+
+
+def _reciprocal_power_of_two(max_abs):
+    """2**-e for the power of two at or below max_abs (see `power_of_two_scale`)."""
+    return power_of_two_scale(max_abs)[1]
+
+
+class Group(NamedTuple):
+    indices: tuple[int, ...]
+    reduce_axes: tuple[int, ...]
+    axis_names: tuple[str, ...]
+    stacked: bool
+
+
+def _layout_key(x, position: int):
+    """What two tensors must share to be stacked without moving data between devices.
+
+    Under a mesh with Explicit axes the layout is part of the type: tensors with
+    the same PartitionSpec stack in place (others would not even type-check).
+    Under Auto axes of size > 1 (classic jit + NamedSharding) the layout is not
+    known while tracing, and stacking differently laid out tensors would make XLA
+    reshard one of them, so such tensors are not stacked. Without a mesh, or on
+    the local shards inside shard_map, any tensors stack.
+    """
+    typeof = getattr(jax, "typeof", None)  # jax >= 0.6
+    try:
+        sharding = getattr(typeof(x), "sharding", None) if typeof is not None else None
+    except TypeError:
+        return None
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or getattr(mesh, "empty", True):
+        return None
+    auto_axes = set(getattr(mesh, "auto_axes", ()))
+    if any(size > 1 for name, size in mesh.shape.items() if name in auto_axes):
+        return ("not stacked", position)
+    return sharding.spec
+
+
+def make_groups(tensors, partners, layer_axes, axis_names) -> list[Group]:
+    buckets: dict[tuple, list[int]] = {}
+    groups = []
+    for i, x in enumerate(tensors):
+        if x.size <= GROUP_MAX_SIZE:
+            partner_dtype = None if partners is None else partners[i].dtype
+            key = (
+                x.shape,
+                x.dtype,
+                partner_dtype,
+                layer_axes[i],
+                axis_names[i],
+                _layout_key(x, i),
+                None if partners is None else _layout_key(partners[i], i),
+            )
+            buckets.setdefault(key, []).append(i)
+        else:
+            axes = tuple(a for a in range(x.ndim) if a not in layer_axes[i])
+            groups.append(Group((i,), axes, axis_names[i], stacked=False))
+    chunks = [
+        (key, members[start : start + GROUP_MAX_MEMBERS])
+        for key, members in buckets.items()
+        for start in range(0, len(members), GROUP_MAX_MEMBERS)
+    ]
+    for (shape, *_), members in chunks:
+        first = members[0]
+        axes = tuple(a for a in range(len(shape)) if a not in layer_axes[first])
+        if len(members) == 1:
+            groups.append(Group((first,), axes, axis_names[first], stacked=False))
+        else:
+            shifted = tuple(a + 1 for a in axes)
+            groups.append(Group(tuple(members), shifted, axis_names[first], stacked=True))
+    return groups
+
+
+def group_inputs(group: Group, sources):
+    """The group's tensors from each source, upcast, stacked when the group is."""
+    xs = []
+    for source in sources:
+        members = [source[i] for i in group.indices]
+        x = jnp.stack(members) if group.stacked else members[0]
+        if x.dtype != accumulation_dtype(x.dtype):
+            # Upcast here, apart from the step's own upcast: otherwise XLA (CSE) shares
+            # one float32 copy of the tensor between the norms and the step, and
+            # XLA:CPU writes that copy out (bfloat16 steps took 8-11x SGD on large
+            # trees instead of 2-3x).
+            x = lax.optimization_barrier(x)
+        xs.append(x.astype(accumulation_dtype(x.dtype)))
+    return xs
+
+
+def plain_sums(groups, sources, with_dot):
+    """Per group: plain sums of squares (one per source) and the inner product."""
+    per_group = []
+    for group in groups:
+        xs = group_inputs(group, sources)
+        sums = [jnp.sum(x * x, axis=group.reduce_axes, keepdims=True) for x in xs]
+        if with_dot:
+            sums.append(jnp.sum(xs[0] * xs[1], axis=group.reduce_axes, keepdims=True))
+        per_group.append([_psum(value, group.axis_names) for value in sums])
+    return per_group
+
+
+def plain_cosine(group, sources, norms):
+    """cos(W, g) of a group from a plain inner product and its (trusted) plain norms."""
+    xs = group_inputs(group, sources)
+    dot = _psum(jnp.sum(xs[0] * xs[1], axis=group.reduce_axes, keepdims=True), group.axis_names)
+    return _cosine(dot, norms[0], norms[1])
+
+
+def rescaled_norms(group, sources, with_dot):
+    """Norms (and cosine) of a group with every slice scaled by a power of two first."""
+    scaled = []
+    for x in group_inputs(group, sources):
+        # initial=0: a tensor of size 0 has max-abs 0 (and norm 0).
+        max_abs = jnp.max(jnp.abs(x), axis=group.reduce_axes, keepdims=True, initial=0)
+        scale = _reciprocal_power_of_two(_pmax(max_abs, group.axis_names))
+        y = x * scale
+        sum_of_squares = _psum(
+            jnp.sum(y * y, axis=group.reduce_axes, keepdims=True), group.axis_names
+        )
+        scaled.append((y, sum_of_squares, scale))
+    values = [_sqrt(s) / scale for _, s, scale in scaled]
+    if with_dot:
+        (y0, s0, _), (y1, s1, _) = scaled
+        dot = _psum(jnp.sum(y0 * y1, axis=group.reduce_axes, keepdims=True), group.axis_names)
+        values.append(_cosine(dot, _sqrt(s0), _sqrt(s1)))
+    return values
+
+
+def norms_from_sums(sums, with_dot):
+    norms = [_sqrt(s) for s in sums[: len(sums) - int(with_dot)]]
+    if with_dot:
+        norms.append(_cosine(sums[-1], norms[0], norms[1]))
+    return norms
+
+
+def safe(sum_of_squares):
+    """Whether a plain sum of squares is safely inside the floating-point range."""
+    # 2**62 above the smallest normal: even 2**30 flushed subnormal squares
+    # change such a sum by less than 2**-32 of its value.
+    low = float(jnp.finfo(sum_of_squares.dtype).tiny) * 2.0**62
+    return (sum_of_squares >= low) & (sum_of_squares < jnp.inf)
