@@ -9,14 +9,18 @@ optimisers interleaved (so a busy machine slows them alike), on
 * ``gpt``: the parameter tree of the benchmarks' GPT model,
 
 in float32 and bfloat16, and reports each optimiser's state size and compile
-time. It also times a whole jitted train step (forward, backward, update) of an
-MLP and of the GPT model. Results: a table on the console, ``step_speed.json``
-and ``step_speed.png`` in ``--out``::
+time, and (with ``--bandwidth-gbs``, or on a GPU it knows) the memory-traffic
+floor: the least bytes a step must move (``minimal_traffic_bytes``) over the
+card's bandwidth, and the step's time as a multiple of it. It also times a
+whole jitted train step (forward, backward, update) of an MLP and of the GPT
+model. Results: a table on the console, ``step_speed.json`` and
+``step_speed.png`` in ``--out``::
 
   python -m benchmarks.step_speed --preset cpu --out runs/step_speed
   python -m benchmarks.step_speed --preset quick      # seconds, for the tests
 
-Ratios to ``optax.sgd`` carry over between machines; absolute times do not.
+Ratios to ``optax.sgd`` carry over between machines; absolute times do not (on a
+GPU, against the floor, they mean something).
 """
 
 from __future__ import annotations
