@@ -43,7 +43,6 @@ def test_tiny_run_writes_every_section(tmp_path):
         "optax.sgd",
         "optax.adam",
         "fromage",
-        "fromage p_bound=2",
     }
     for row in rows:
         assert row["ms"] > 0 and row["floor_ms"] > 0
