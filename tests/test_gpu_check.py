@@ -59,3 +59,18 @@ def test_tiny_run_writes_every_section(tmp_path):
     assert (depth["optimizer"], depth["depth"], depth["models"]) == ("fromage", 2, 3)
     assert depth["steps"] > 0 and depth["steps_per_s"] > 0
     assert "step speed" in finished.stdout and "steps_per_s" in finished.stdout
+
+
+def test_full_run_uses_presets_that_exist():
+    from benchmarks import depth, gpt, step_speed, transformer
+
+    text = SCRIPT.read_text()
+    assert "SS=(--preset gpu)" in text and "gpu" in step_speed.PRESETS
+    assert "TRANSFORMER=(--preset gpu --steps 300)" in text and "gpu" in transformer.PRESETS
+    assert gpt.gpt_config(transformer.PRESETS["gpu"].model).num_layers == 16
+    assert "--preset paper" in text and "paper" in depth.PRESETS
+    config = depth.parse_args(
+        ["--preset", "paper", "--dataset", "digits", "--width", "784", "--depths", "35"]
+        + ["--epochs", "10", "--optimizers", "fromage"]
+    )
+    assert (config["width"], config["depths"], config["dataset"]) == (784, (35,), "digits")
