@@ -216,6 +216,7 @@ def train_grid(config, dataset, optimizer_name: str, depth: int, on_epoch=None) 
                 "grid_wall_seconds": wall_seconds,
                 "grid_compile_seconds": compile_seconds,
                 "grid_size": len(grid),
+                "steps_per_epoch": int(indices.shape[0]),
             }
         )
     return runs

@@ -260,6 +260,17 @@ class Experiment:
         )
         self._score_features = jax.jit(jax.vmap(self._generated_features))
         self._chunk_fns: dict = {}
+        # The networks' (vmapped) init compiles once for every optimiser and phase.
+        self._init_params = jax.jit(
+            jax.vmap(
+                lambda key_data: gan_models.init_gan_params(
+                    self.generator,
+                    self.discriminator,
+                    jax.random.wrap_key_data(key_data),
+                    latent_size=config["latent_size"],
+                )
+            )
+        )
 
     def _features(self, images):
         _, features = self.classifier.apply({"params": self.classifier_params}, images)
@@ -283,6 +294,20 @@ class Experiment:
             )
             self._chunk_fns[optimizer_name] = training.make_epoch_fn(jax.vmap(step))
         return self._chunk_fns[optimizer_name]
+
+    def init_states(self, optimizer, seeds) -> gan_models.GANState:
+        """`gan_models.init_gan_state` of every seed, stacked on a leading axis."""
+        keys = jnp.stack([jax.random.key_data(jax.random.key(seed)) for seed in seeds])
+        generator_params, discriminator_params, run_keys = self._init_params(keys)
+        init = jax.jit(jax.vmap(optimizer.init))
+        return gan_models.GANState(
+            generator_params=generator_params,
+            discriminator_params=discriminator_params,
+            generator_opt_state=init(generator_params),
+            discriminator_opt_state=init(discriminator_params),
+            key=run_keys,
+            step=jnp.zeros((len(seeds),), jnp.int32),
+        )
 
     def score(self, generator_params) -> list[dict]:
         """Fréchet distance and per-class accuracy of the generated images, one dict per model."""
@@ -347,15 +372,7 @@ def train_models(
     config = experiment.config
     learning_rates = np.asarray(learning_rates, np.float32)
     optimizer = make_optimizer(optimizer_name, PAPER_BEST_LEARNING_RATES[optimizer_name])
-    init = functools.partial(
-        gan_models.init_gan_state,
-        experiment.generator,
-        experiment.discriminator,
-        optimizer,
-        latent_size=config["latent_size"],
-    )
-    keys = jnp.stack([jax.random.key_data(jax.random.key(seed)) for seed in seeds])
-    state = jax.jit(jax.vmap(lambda key_data: init(jax.random.wrap_key_data(key_data))))(keys)
+    state = experiment.init_states(optimizer, seeds)
     run_chunk = experiment.chunk_fn(optimizer_name)
 
     # Models of one seed see the same batches whatever their learning rate.

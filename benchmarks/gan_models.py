@@ -112,6 +112,19 @@ class GANState(NamedTuple):
     step: jax.Array
 
 
+def init_gan_params(
+    generator: Generator, discriminator: Discriminator, key: jax.Array, *, latent_size: int
+) -> tuple[Any, Any, jax.Array]:
+    """Fresh (generator params, discriminator params, the run's own key) from `key`."""
+    generator_key, discriminator_key, run_key = jax.random.split(key, 3)
+    labels = jnp.zeros((1,), jnp.int32)
+    generator_params = generator.init(generator_key, jnp.zeros((1, latent_size)), labels)["params"]
+    discriminator_params = discriminator.init(
+        discriminator_key, jnp.zeros((1, generator.num_pixels)), labels
+    )["params"]
+    return generator_params, discriminator_params, run_key
+
+
 def init_gan_state(
     generator: Generator,
     discriminator: Discriminator,
@@ -121,12 +134,9 @@ def init_gan_state(
     latent_size: int,
 ) -> GANState:
     """Fresh params for both networks and one `optimizer` state for each."""
-    generator_key, discriminator_key, run_key = jax.random.split(key, 3)
-    labels = jnp.zeros((1,), jnp.int32)
-    generator_params = generator.init(generator_key, jnp.zeros((1, latent_size)), labels)["params"]
-    discriminator_params = discriminator.init(
-        discriminator_key, jnp.zeros((1, generator.num_pixels)), labels
-    )["params"]
+    generator_params, discriminator_params, run_key = init_gan_params(
+        generator, discriminator, key, latent_size=latent_size
+    )
     return GANState(
         generator_params=generator_params,
         discriminator_params=discriminator_params,

@@ -78,6 +78,8 @@ class GPTConfig:
 _PRESETS = {
     # Seconds on a CPU; the tests run it.
     "quick": GPTConfig(context_length=16, num_layers=2, num_heads=2, width=32),
+    # One block: the end-to-end tests' model (their time is compilation, which grows with depth).
+    "tiny": GPTConfig(context_length=16, num_layers=1, num_heads=2, width=32),
     # About nanoGPT's CPU configuration (shakespeare_char on a laptop).
     "cpu": GPTConfig(context_length=64, num_layers=4, num_heads=4, width=128),
     # ≈10.7M parameters: the step-speed benchmark's CPU-sized model (not trained).
@@ -101,7 +103,7 @@ def gpt_config(preset: str, **overrides: Any) -> GPTConfig:
     """The named model configuration, with fields optionally replaced.
 
     Args:
-      preset: one of "quick", "cpu", "speed_cpu", "gpu".
+      preset: one of "quick", "tiny", "cpu", "speed_cpu", "gpu".
       **overrides: `GPTConfig` fields to change, e.g. ``scan_layers=True``.
 
     Returns:

@@ -9,19 +9,24 @@ optimisers interleaved (so a busy machine slows them alike), on
 * ``gpt``: the parameter tree of the benchmarks' GPT model,
 
 in float32 and bfloat16, and reports each optimiser's state size and compile
-time. It also times a whole jitted train step (forward, backward, update) of an
-MLP and of the GPT model. Results: a table on the console, ``step_speed.json``
-and ``step_speed.png`` in ``--out``::
+time, and (with ``--bandwidth-gbs``, or on a GPU it knows) the memory-traffic
+floor: the least bytes a step must move (``minimal_traffic_bytes``) over the
+card's bandwidth, and the step's time as a multiple of it. It also times a
+whole jitted train step (forward, backward, update) of an MLP and of the GPT
+model. Results: a table on the console, ``step_speed.json`` and
+``step_speed.png`` in ``--out``::
 
   python -m benchmarks.step_speed --preset cpu --out runs/step_speed
   python -m benchmarks.step_speed --preset quick      # seconds, for the tests
 
-Ratios to ``optax.sgd`` carry over between machines; absolute times do not.
+Ratios to ``optax.sgd`` carry over between machines; absolute times do not (on a
+GPU, against the floor, they mean something).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import time
 from collections.abc import Callable
@@ -50,18 +55,42 @@ OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
 # (far from the bound, `fromage` skips that third pass over the tensors).
 INIT_SCALE = {"fromage p_bound=2, at the bound": 0.5}
 TRAIN_STEP_OPTIMIZERS = ("optax.sgd", "optax.adam", "fromage")
+# The least memory traffic of one step, counted in params-sized passes: every optimiser
+# reads W and g and writes W' (3 passes, SGD's floor); one that scales by ‖W‖/‖g‖ must
+# read W and g once more for the norms before it can write anything (5). Optimiser state
+# (Adam's moments, LARS's momentum) is read and written once on top.
+NORM_BASED_OPTIMIZERS = frozenset(
+    {
+        "optax.lars",
+        "optax.fromage",
+        "fromage",
+        "fromage p_bound=2",
+        "fromage p_bound=2, at the bound",
+    }
+)
+# Peak memory bandwidth in GB/s by `device_kind` (first match wins): the vendors' figures.
+BANDWIDTH_GBS = (
+    ("H100 PCIe", 2000.0),
+    ("H100 NVL", 3900.0),
+    ("H100", 3350.0),  # H100 SXM (HBM3)
+    ("H200", 4800.0),
+    ("A100-SXM4-80GB", 2039.0),
+    ("A100 80GB PCIe", 1935.0),
+    ("A100", 1555.0),  # the 40 GB cards
+)
 
 PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds (the tests): compile time grows with the leaves, so the trees are small.
     "quick": {
         "trees": {
-            "few_large": {"leaves": 4, "shape": (100, 250)},
-            "many_small": {"pairs": 20, "kernel": (8, 12)},
-            "gpt": {"gpt_preset": "quick"},
+            "few_large": {"leaves": 2, "shape": (100, 250)},
+            "many_small": {"pairs": 4, "kernel": (8, 12)},
+            "gpt": {"gpt_preset": "tiny"},
         },
         "dtypes": ("float32",),
         "repeats": 3,
-        "mlp": {"hidden_sizes": (32, 32), "batch": 16, "inputs": 64},
-        "gpt_train": {"gpt_preset": "quick", "batch": 2},
+        "mlp": {"hidden_sizes": (32,), "batch": 16, "inputs": 64},
+        "gpt_train": {"gpt_preset": "tiny", "batch": 2},
     },
     "cpu": {
         "trees": {
@@ -88,33 +117,45 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+@functools.cache
+def _gpt_tree_shapes(preset: str) -> tuple:
+    config = gpt.gpt_config(preset)
+    shapes = jax.eval_shape(lambda: gpt.init_gpt_params(config, jax.random.key(0)))
+    leaves, treedef = jax.tree.flatten(shapes)
+    return treedef, [leaf.shape for leaf in leaves]
+
+
+# One jitted function for every tree, so each (shape, dtype) compiles once per process.
+@functools.partial(jax.jit, static_argnames=("shape", "dtype"))
+def _normal_leaf(key, shape, dtype):
+    return jax.random.normal(key, shape, jnp.float32).astype(dtype)
+
+
 def parameter_tree(spec: dict, dtype: str, seed: int) -> dict:
-    """A params-like tree of random normal arrays described by `spec`."""
+    """A params-like tree of random normal arrays described by `spec`.
+
+    `spec` is ``{"gpt_preset": name}`` (the GPT model's tree), ``{"pairs": n,
+    "kernel": shape}`` or ``{"leaves": n, "shape": shape}``.
+    """
     key = jax.random.key(seed)
     if "gpt_preset" in spec:
-        shapes = jax.eval_shape(
-            lambda: gpt.init_gpt_params(gpt.gpt_config(spec["gpt_preset"]), jax.random.key(0))
-        )
-        leaves, treedef = jax.tree.flatten(shapes)
-        shapes = [leaf.shape for leaf in leaves]
+        treedef, shapes = _gpt_tree_shapes(spec["gpt_preset"])
     elif "pairs" in spec:
         # A deep narrow network: `pairs` layers of a kernel and a bias (leaf order: bias, kernel).
         layers = {f"layer_{i:04d}": {"bias": 0, "kernel": 0} for i in range(spec["pairs"])}
         treedef = jax.tree.structure(layers)
-        shapes = [spec["kernel"][:1], spec["kernel"]] * spec["pairs"]
+        shapes = [tuple(spec["kernel"][:1]), tuple(spec["kernel"])] * spec["pairs"]
     else:
-        shapes = [spec["shape"]] * spec["leaves"]
+        shapes = [tuple(spec["shape"])] * spec["leaves"]
         treedef = jax.tree.structure({f"w_{i:04d}": 0 for i in range(spec["leaves"])})
     keys = jax.random.split(key, len(shapes))
-    make = jax.jit(
-        lambda k, shape=None: jax.random.normal(k, shape, jnp.float32).astype(dtype),
-        static_argnames="shape",
-    )
-    return jax.tree.unflatten(treedef, [make(k, shape=s) for k, s in zip(keys, shapes)])
+    leaves = [_normal_leaf(k, shape=s, dtype=dtype) for k, s in zip(keys, shapes)]
+    return jax.tree.unflatten(treedef, leaves)
 
 
 def _state_bytes(state) -> int:
-    return int(sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state)))
+    # `.nbytes` of a device array, not of a host copy: Adam's state on a GPU is gigabytes.
+    return int(sum(jnp.asarray(leaf).nbytes for leaf in jax.tree.leaves(state)))
 
 
 def _block(tree):
@@ -156,10 +197,33 @@ def _interleaved(contenders: list[_Contender], repeats: int, warmup: int = 2) ->
             contenders[index].run(record=True)
 
 
+def minimal_traffic_bytes(optimizer: str, param_bytes: int, state_bytes: int) -> int:
+    """Bytes one step must move at the least (see `NORM_BASED_OPTIMIZERS`)."""
+    passes = 5 if optimizer in NORM_BASED_OPTIMIZERS else 3
+    return passes * param_bytes + 2 * state_bytes
+
+
+def device_bandwidth_gbs(device_kind: str) -> float | None:
+    """Peak memory bandwidth (GB/s) of a known accelerator; None for CPUs and unknown cards."""
+    for name, gbs in BANDWIDTH_GBS:
+        if name in device_kind:
+            return gbs
+    return None
+
+
 def time_optimizer_steps(
-    tree_name: str, spec: dict, dtype: str, repeats: int, names: list[str]
+    tree_name: str,
+    spec: dict,
+    dtype: str,
+    repeats: int,
+    names: list[str],
+    bandwidth_gbs: float | None = None,
 ) -> list[dict]:
-    """Rows of median step time per optimiser on one parameter tree."""
+    """Rows of median step time per optimiser on one parameter tree.
+
+    With `bandwidth_gbs`, each row also holds the memory-traffic floor: the time
+    `minimal_traffic_bytes` takes at that bandwidth, and the step time over it.
+    """
     grads = parameter_tree(spec, dtype, seed=1)
     contenders = []
     for name in names:
@@ -171,33 +235,45 @@ def time_optimizer_steps(
 
         params = parameter_tree(spec, dtype, seed=0)
         init_scale = INIT_SCALE.get(name, 1)
-        init_params = jax.tree.map(lambda x, s=init_scale: x * s, params)
-        state = optimizer.init(init_params)
+        # Jitted: run eagerly, an init over 2000 leaves dispatches (and compiles) op by op.
+        init = jax.jit(
+            lambda p, o=optimizer, s=init_scale: o.init(jax.tree.map(lambda x: x * s, p))
+        )
+        state = init(params)
         contenders.append(_Contender(name, step, params, state, (grads,)))
     _interleaved(contenders, repeats)
     sgd_ms = float(np.median(contenders[0].times) * 1e3)
-    num_params = int(sum(leaf.size for leaf in jax.tree.leaves(grads)))
-    num_leaves = len(jax.tree.leaves(grads))
-    rows = []
-    for contender in contenders:
-        ms = float(np.median(contender.times) * 1e3)
-        rows.append(
-            {
-                "tree": tree_name,
-                "dtype": dtype,
-                "params": num_params,
-                "leaves": num_leaves,
-                "optimizer": contender.name,
-                "ms": ms,
-                "x_sgd": ms / sgd_ms,
-                "state_bytes": contender.state_bytes,
-                "state_bytes_per_leaf": contender.state_bytes / num_leaves,
-                "compile_s": contender.compile_seconds,
-                "times_ms": [t * 1e3 for t in contender.times],
-            }
-        )
+    tree = {
+        "tree": tree_name,
+        "dtype": dtype,
+        "params": int(sum(leaf.size for leaf in jax.tree.leaves(grads))),
+        "leaves": len(jax.tree.leaves(grads)),
+        "param_bytes": _state_bytes(grads),
+    }
+    rows = [_optimizer_row(tree, contender, sgd_ms, bandwidth_gbs) for contender in contenders]
     del contenders
     return rows
+
+
+def _optimizer_row(
+    tree: dict, contender: _Contender, sgd_ms: float, bandwidth_gbs: float | None
+) -> dict:
+    ms = float(np.median(contender.times) * 1e3)
+    floor_bytes = minimal_traffic_bytes(contender.name, tree["param_bytes"], contender.state_bytes)
+    floor_ms = None if bandwidth_gbs is None else floor_bytes / (bandwidth_gbs * 1e9) * 1e3
+    return {
+        **tree,
+        "optimizer": contender.name,
+        "ms": ms,
+        "x_sgd": ms / sgd_ms,
+        "state_bytes": contender.state_bytes,
+        "state_bytes_per_leaf": contender.state_bytes / tree["leaves"],
+        "floor_bytes": floor_bytes,
+        "floor_ms": floor_ms,
+        "x_floor": None if floor_ms is None else ms / floor_ms,
+        "compile_s": contender.compile_seconds,
+        "times_ms": [t * 1e3 for t in contender.times],
+    }
 
 
 def _cross_entropy(logits, labels):
@@ -288,6 +364,42 @@ def _bar_plot(path: Path, rows: list[dict], names: list[str], title: str) -> Non
     plt.close(fig)
 
 
+def _train_step_rows(config: dict, repeats: int, names: list[str], bar) -> list[dict]:
+    train_names = [n for n in TRAIN_STEP_OPTIMIZERS if n in names]
+    bar.set_postfix_str("mlp train step")
+    rows = time_train_steps("mlp", _mlp_problem(config["mlp"]), repeats, train_names)
+    bar.update()
+    bar.set_postfix_str("gpt train step")
+    gpt_repeats = max(3, repeats // 3)
+    rows += time_train_steps("gpt", _gpt_problem(config["gpt_train"]), gpt_repeats, train_names)
+    bar.update()
+    return rows
+
+
+def _machine(bandwidth_gbs: float | None) -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
+        "bandwidth_gbs": bandwidth_gbs,
+        "jax": jax.__version__,
+        "optax": optax.__version__,
+    }
+
+
+def _print_tables(rows: list[dict], train_rows: list[dict]) -> None:
+    columns = ["tree", "dtype", "params", "leaves", "optimizer", "ms", "x_sgd"]
+    columns += ["floor_ms", "x_floor", "state_bytes", "compile_s"]
+    print(reporting.format_table(rows, columns))
+    print()
+    print(
+        reporting.format_table(
+            train_rows, ["model", "params", "optimizer", "ms", "x_sgd", "compile_s"]
+        )
+    )
+
+
 def run(
     preset: str,
     out: Path,
@@ -296,9 +408,16 @@ def run(
     trees: list[str] | None = None,
     dtypes: list[str] | None = None,
     train_steps: bool = True,
+    bandwidth_gbs: float | None = None,
 ) -> dict:
+    """Times every (tree, dtype, optimiser), writes the JSON and plot, prints the tables.
+
+    `bandwidth_gbs` (default: looked up from the device kind, none on a CPU) sets the
+    memory-traffic floor that each step is compared with.
+    """
     config = PRESETS[preset]
     repeats = repeats or config["repeats"]
+    bandwidth_gbs = bandwidth_gbs or device_bandwidth_gbs(jax.devices()[0].device_kind)
     names = ["optax.sgd"] + [n for n in (optimizers or OPTIMIZERS) if n != "optax.sgd"]
     unknown = sorted(set(names) - set(OPTIMIZERS))
     if unknown:
@@ -313,32 +432,15 @@ def run(
     bar = reporting.progress(total=len(jobs) + 2 * train_steps, desc="step speed")
     for tree_name, spec, dtype in jobs:
         bar.set_postfix_str(f"{tree_name} {dtype}")
-        rows.extend(time_optimizer_steps(tree_name, spec, dtype, repeats, names))
+        rows.extend(time_optimizer_steps(tree_name, spec, dtype, repeats, names, bandwidth_gbs))
         bar.update()
-    train_rows: list[dict] = []
-    if train_steps:
-        train_names = [n for n in TRAIN_STEP_OPTIMIZERS if n in names]
-        bar.set_postfix_str("mlp train step")
-        train_rows += time_train_steps("mlp", _mlp_problem(config["mlp"]), repeats, train_names)
-        bar.update()
-        bar.set_postfix_str("gpt train step")
-        gpt_repeats = max(3, repeats // 3)
-        train_rows += time_train_steps(
-            "gpt", _gpt_problem(config["gpt_train"]), gpt_repeats, train_names
-        )
-        bar.update()
+    train_rows = _train_step_rows(config, repeats, names, bar) if train_steps else []
     bar.close()
 
     results = {
         "preset": preset,
         "repeats": repeats,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "devices": [str(d) for d in jax.devices()],
-            "jax": jax.__version__,
-            "optax": optax.__version__,
-        },
+        "machine": _machine(bandwidth_gbs),
         "optimizer_steps": rows,
         "train_steps": train_rows,
     }
@@ -347,24 +449,7 @@ def run(
     _bar_plot(
         out / "step_speed.png", rows, names, f"Optimiser step time on {jax.devices()[0].platform}"
     )
-    columns = [
-        "tree",
-        "dtype",
-        "params",
-        "leaves",
-        "optimizer",
-        "ms",
-        "x_sgd",
-        "state_bytes",
-        "compile_s",
-    ]
-    print(reporting.format_table(rows, columns))
-    print()
-    print(
-        reporting.format_table(
-            train_rows, ["model", "params", "optimizer", "ms", "x_sgd", "compile_s"]
-        )
-    )
+    _print_tables(rows, train_rows)
     return results
 
 
@@ -379,6 +464,13 @@ def main(argv=None) -> None:
     parser.add_argument("--trees", default=None, help="comma-separated: few_large,many_small,gpt")
     parser.add_argument("--dtypes", default=None, help="comma-separated: float32,bfloat16")
     parser.add_argument("--no-train-steps", action="store_true", help="skip the whole-step timing")
+    parser.add_argument(
+        "--bandwidth-gbs",
+        type=float,
+        default=None,
+        help="memory bandwidth for the traffic floor (default: looked up from the device kind, "
+        "e.g. H100 SXM 3350, H200 4800; no floor on a CPU)",
+    )
     args = parser.parse_args(argv)
     split = lambda text: None if text is None else [t.strip() for t in text.split(",") if t.strip()]
     run(
@@ -389,6 +481,7 @@ def main(argv=None) -> None:
         split(args.trees),
         split(args.dtypes),
         train_steps=not args.no_train_steps,
+        bandwidth_gbs=args.bandwidth_gbs,
     )
 
 

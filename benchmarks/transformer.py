@@ -96,7 +96,7 @@ class TrainingPreset:
 
 PRESETS = {
     "quick": TrainingPreset(
-        model="quick",
+        model="tiny",
         steps=12,
         batch_size=4,
         eval_interval=6,
@@ -286,6 +286,17 @@ def eval_step(params: Any, apply_fn: Callable, batch: tuple[jax.Array, jax.Array
 # optimiser object from `make_optimizer`, same model from `gpt_model`) share
 # its compiled code, e.g. a run and its resumption.
 _jitted_train_step = jax.jit(train_step, donate_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _jitted_create_state(apply_fn, optimizer, params) -> train_state.TrainState:
+    # Jitted: run eagerly, the optimiser's init (Fromage's norms) compiles op by op.
+    state = train_state.TrainState.create(apply_fn=apply_fn, params=params, tx=optimizer)
+    # A strongly typed step counter, as a restored checkpoint has: both then
+    # share the compiled train step.
+    return state.replace(step=jnp.zeros([], jnp.int32))
+
+
 _jitted_eval_step = jax.jit(eval_step, static_argnums=1)
 
 
@@ -417,10 +428,7 @@ def train_run(
     # A copy: the jitted step donates (reuses) the state's buffers, and every
     # run starts from the same initial params.
     params = jax.tree.map(jnp.copy, initial_params)
-    state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optimizer)
-    # A strongly typed step counter, as a restored checkpoint has: both then
-    # share the compiled train step.
-    state = state.replace(step=jnp.zeros([], jnp.int32))
+    state = _jitted_create_state(model.apply, optimizer, params)
 
     history, first_step = _empty_history(), 0
     checkpointer = None

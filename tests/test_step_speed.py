@@ -4,6 +4,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from benchmarks import step_speed
 
@@ -47,6 +48,7 @@ def test_quick_preset_writes_table_json_and_plot(tmp_path, capsys):
     for row in rows:
         assert set(row) >= {"ms", "x_sgd", "state_bytes", "compile_s", "params", "leaves"}
         assert row["ms"] > 0 and row["compile_s"] > 0 and len(row["times_ms"]) == 2
+        assert row["floor_bytes"] >= 3 * row["param_bytes"]
     sgd = [r for r in rows if r["optimizer"] == "optax.sgd"]
     assert all(r["x_sgd"] == 1.0 for r in sgd)
     for row in rows:
@@ -71,3 +73,21 @@ def test_at_the_bound_contender_starts_at_its_bound():
     )
     norms = [np.linalg.norm(np.asarray(w, np.float64)) for w in jax.tree.leaves(params)]
     np.testing.assert_allclose(2 * np.asarray(state.initial_norms), norms, rtol=1e-6)
+
+
+def test_memory_traffic_floor():
+    # SGD reads W and g and writes W'; Fromage reads both once more for the norms; Adam's
+    # moments are read and written on top.
+    assert step_speed.minimal_traffic_bytes("optax.sgd", 100, 4) == 3 * 100 + 2 * 4
+    assert step_speed.minimal_traffic_bytes("fromage", 100, 4) == 5 * 100 + 2 * 4
+    assert step_speed.minimal_traffic_bytes("optax.adam", 100, 204) == 3 * 100 + 2 * 204
+    assert step_speed.device_bandwidth_gbs("NVIDIA H100 80GB HBM3") == 3350
+    assert step_speed.device_bandwidth_gbs("NVIDIA H100 PCIe") == 2000
+    assert step_speed.device_bandwidth_gbs("NVIDIA H200") == 4800
+    assert step_speed.device_bandwidth_gbs("cpu") is None
+    rows = step_speed.time_optimizer_steps(
+        "tiny", {"leaves": 2, "shape": (3, 4)}, "float32", 1, ["optax.sgd"], bandwidth_gbs=1.0
+    )
+    assert rows[0]["floor_bytes"] == 3 * rows[0]["param_bytes"] + 2 * rows[0]["state_bytes"]
+    assert rows[0]["floor_ms"] == pytest.approx(rows[0]["floor_bytes"] / 1e9 * 1e3)
+    assert rows[0]["x_floor"] == pytest.approx(rows[0]["ms"] / rows[0]["floor_ms"])

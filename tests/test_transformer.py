@@ -31,7 +31,7 @@ def test_quick_preset_end_to_end(tmp_path, capsys):
     preset = transformer.PRESETS["quick"]
     assert len(results["runs"]) == len(transformer.grid(preset, transformer.OPTIMIZER_NAMES))
     assert {r["optimizer"] for r in results["runs"]} == set(transformer.OPTIMIZER_NAMES)
-    assert results["parameters"] == gpt.gpt_parameter_count(gpt.gpt_config("quick"))
+    assert results["parameters"] == gpt.gpt_parameter_count(gpt.gpt_config(preset.model))
     assert results["data"]["name"] == "pydoc_data.topics"
     initial_loss = math.log(256)
     for run in results["runs"]:
