@@ -67,7 +67,7 @@ def _leaf_ratios(updates, params, layer_axes, axis_name, name) -> tuple[list, An
     _validation.check_same_structure(updates, params, name)
     _check_float_leaves(params, name)
     param_leaves, treedef = jax.tree.flatten(params)
-    update_leaves = treedef.flatten_up_to(updates)
+    update_leaves = treedef.flatten_up_to(updates)  # type: ignore[attr-defined]  # PyTreeDef alias
     axes_per_leaf = _leaf_options.per_leaf_layer_axes(layer_axes, params)
     stats = paired_norm_stats(
         param_leaves,

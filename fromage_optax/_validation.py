@@ -103,7 +103,7 @@ def check_same_structure(updates: Any, params: Any, name: str) -> None:
     """Raises a ValueError naming the first path where updates and params differ."""
     updates_def = jax.tree.structure(updates)
     params_def = jax.tree.structure(params)
-    if updates_def == params_def:
+    if updates_def == params_def:  # type: ignore[operator]  # jax's PyTreeDef alias: opaque to mypy
         for index, (u, p) in enumerate(zip(jax.tree.leaves(updates), jax.tree.leaves(params))):
             if np.shape(u) != np.shape(p):
                 path = leaf_paths(params)[index]
@@ -142,4 +142,5 @@ def checked_leaves(updates: Any, params: Any, name: str):
     check_same_structure(updates, params, name)
     check_float_leaves(params, name)
     param_leaves, treedef = jax.tree.flatten(params)
-    return param_leaves, treedef.flatten_up_to(updates), treedef
+    # The ignore below: jax's PyTreeDef alias is opaque to mypy.
+    return param_leaves, treedef.flatten_up_to(updates), treedef  # type: ignore[attr-defined]
