@@ -32,6 +32,8 @@ myst_heading_anchors = 3
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
+# Keep optax's alias in signatures instead of expanding it into a long union.
+autodoc_type_aliases = {"optax.ScalarOrSchedule": "optax.ScalarOrSchedule"}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 
