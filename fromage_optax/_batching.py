@@ -109,7 +109,7 @@ def _layout_key(x, position: int):
     auto_axes = set(getattr(mesh, "auto_axes", ()))
     if any(size > 1 for name, size in mesh.shape.items() if name in auto_axes):
         return ("not stacked", position)
-    return sharding.spec
+    return sharding.spec  # type: ignore[union-attr]  # not None: it has a mesh (checked above)
 
 
 def make_groups(tensors, partners, layer_axes, axis_names) -> list[Group]:

@@ -30,7 +30,7 @@ class FromageState(NamedTuple):
         on trees of thousands of tensors.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # a field named like tuple.count, as in optax
     initial_norms: Any
 
 

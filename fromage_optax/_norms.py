@@ -59,7 +59,7 @@ class PairStats(NamedTuple):
     """Norms of a parameter tensor and its update, and their cosine."""
 
     param_norm: jax.Array
-    update_norm: jax.Array
+    update_norm: jax.Array | None
     cosine: jax.Array | None
 
 
@@ -223,9 +223,12 @@ def finish(plain: PlainNorms, *, inner_product_when: Any = None) -> list[GroupSt
 def _per_leaf(groups: list[GroupStats], count: int) -> list[PairStats]:
     per_leaf: list = [None] * count
     for group in groups:
+        param_norm, update_norm, cosine = group.stats
         for position, i in enumerate(group.indices):
             per_leaf[i] = PairStats(
-                *(None if v is None else group.member(v, position) for v in group.stats)
+                group.member(param_norm, position),
+                None if update_norm is None else group.member(update_norm, position),
+                None if cosine is None else group.member(cosine, position),
             )
     return per_leaf
 

@@ -157,7 +157,7 @@ def check_same_structure(updates: Any, params: Any, name: str) -> None:
     """Raises a ValueError naming the first path where updates and params differ."""
     updates_def = jax.tree.structure(updates)
     params_def = jax.tree.structure(params)
-    if updates_def == params_def:
+    if updates_def == params_def:  # type: ignore[operator]  # jax's PyTreeDef alias: opaque to mypy
         for index, (u, p) in enumerate(zip(jax.tree.leaves(updates), jax.tree.leaves(params))):
             if np.shape(u) != np.shape(p):
                 path = leaf_paths(params)[index]
@@ -196,7 +196,7 @@ def checked_leaves(updates: Any, params: Any, name: str):
     check_same_structure(updates, params, name)
     check_float_leaves(params, name)
     param_leaves, treedef = jax.tree.flatten(params)
-    update_leaves = treedef.flatten_up_to(updates)
+    update_leaves = treedef.flatten_up_to(updates)  # type: ignore[attr-defined]  # PyTreeDef alias
     check_real_updates(update_leaves, params, name)
     # Python scalars and NumPy arrays become jax arrays (as optax's transforms do).
     return [jnp.asarray(w) for w in param_leaves], [jnp.asarray(g) for g in update_leaves], treedef

@@ -16,7 +16,7 @@ from fromage_optax._norms import accumulation_dtype, tensor_norms
 class ControlWeightNormState(NamedTuple):
     """State of `control_weight_norm`: the step count (int32) for schedules."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # a field named like tuple.count, as in optax
 
 
 class BoundWeightNormState(NamedTuple):

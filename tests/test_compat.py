@@ -73,7 +73,8 @@ def test_after_clip_by_global_norm():
     updates, _ = jax.jit(opt.update)(grads, opt.init(params), params)
     # Clipping rescales g as a whole; Fromage is invariant to that, except for the zero
     # bias whose plain −ηg step sees the clipped gradient.
-    clipped, _ = optax.clip_by_global_norm(1e-3).update(grads, None)
+    # As arrays: an eager global_norm in optax 0.2.4-0.2.6 rejects NumPy scalars ("scale").
+    clipped, _ = optax.clip_by_global_norm(1e-3).update(jax.tree.map(jnp.asarray, grads), None)
     assert_tree_close(optax.apply_updates(params, updates), reference_tree(params, clipped, 0.1))
 
 

@@ -253,7 +253,8 @@ class NnxScannedModel(nnx.Module):
 
 class NnxUnrolledModel(nnx.Module):
     def __init__(self, rngs):
-        self.blocks = nnx.List([NnxBlock(rngs) for _ in range(LAYERS)])
+        # nnx.List from flax 0.12; flax 0.11 (the tested floor) takes a plain list.
+        self.blocks = getattr(nnx, "List", list)([NnxBlock(rngs) for _ in range(LAYERS)])
         self.head = nnx.Linear(WIDTH, 1, rngs=rngs)
 
     def __call__(self, x):

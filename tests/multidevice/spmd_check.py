@@ -196,17 +196,17 @@ def main():
     # Auto: classic jit + NamedSharding, XLA propagates shardings; Explicit (jax.make_mesh's
     # default in recent jax): shardings are part of the types and jax inserts the reductions.
     layouts = {
-        "fsdp": (jax.make_mesh((8,), ("data",), (auto,)), fsdp_specs(params)),
+        "fsdp": (jax.make_mesh((8,), ("data",), axis_types=(auto,)), fsdp_specs(params)),
         "data_x_model": (
-            jax.make_mesh((4, 2), ("data", "model"), (auto, auto)),
+            jax.make_mesh((4, 2), ("data", "model"), axis_types=(auto, auto)),
             data_model_specs(params),
         ),
         "tensor_parallel": (
-            jax.make_mesh((8,), ("model",), (auto,)),
+            jax.make_mesh((8,), ("model",), axis_types=(auto,)),
             tensor_parallel_specs(params),
         ),
         "tensor_parallel_explicit": (
-            jax.make_mesh((8,), ("model",), (explicit,)),
+            jax.make_mesh((8,), ("model",), axis_types=(explicit,)),
             tensor_parallel_specs(params),
         ),
     }
