@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 from typing import Any, NamedTuple
 
@@ -69,6 +71,28 @@ class InitialNorms:
 
     def __repr__(self):
         return f"InitialNorms({self.values!r})"
+
+
+@functools.cache
+def _register_with_flax_serialization() -> None:
+    """Lets `flax.serialization` (msgpack checkpoints, ``TrainState.to_bytes``) save an
+    `InitialNorms` as ``{"values": ...}``, keeping the target's layout on restore.
+
+    Done when a transform with p_bound is built, and only where flax is installed:
+    the library itself does not depend on flax.
+    """
+    if importlib.util.find_spec("flax") is None:
+        return
+    from flax import serialization
+
+    serialization.register_serialization_state(
+        InitialNorms,
+        lambda norms: {"values": serialization.to_state_dict(norms.values)},
+        lambda target, state: InitialNorms(
+            serialization.from_state_dict(target.values, state["values"]), target.layout
+        ),
+        override=True,
+    )
 
 
 class _Layout(NamedTuple):
@@ -314,6 +338,8 @@ def fromage(
     _validation.check_learning_rate(learning_rate, name)
     _validation.check_p_bound(p_bound, name)
     _leaf_options.check_axis_name_arg(axis_name, name)
+    if p_bound is not None:
+        _register_with_flax_serialization()
 
     def init_fn(params):
         _validation.check_float_leaves(params, name)

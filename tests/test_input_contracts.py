@@ -383,3 +383,20 @@ def test_scale_by_fromage_forms_its_product_without_under_or_overflow(w_scale, g
     w64, g64 = w.astype(np.float64), g.astype(np.float64)
     expected = g64 * np.linalg.norm(w64) / np.linalg.norm(g64)
     assert relative_error(scaled["w"], expected) <= F32_TOLERANCE
+
+
+def test_p_bound_state_round_trips_through_flax_serialization():
+    """msgpack checkpoints (flax.serialization, TrainState.to_bytes) keep working."""
+    serialization = pytest.importorskip("flax.serialization")
+    params = {"w": jnp.arange(6.0).reshape(3, 2), "b": jnp.zeros(2)}
+    optimizer = fromage_optax.fromage(0.1, p_bound=2.0)
+    state = jax.jit(optimizer.update)(params, optimizer.init(params), params)[1]
+    restored = serialization.from_bytes(optimizer.init(params), serialization.to_bytes(state))
+    np.testing.assert_array_equal(
+        np.asarray(restored.initial_norms), np.asarray(state.initial_norms)
+    )
+    assert int(restored.count) == 1
+    first, _ = optimizer.update(params, state, params)
+    again, _ = optimizer.update(params, restored, params)
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(a, b)
