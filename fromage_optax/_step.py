@@ -105,8 +105,11 @@ def step_coefficients(param_norm, update_norm, cosine, initial_norm, learning_ra
         # ‖W'‖ without another pass over W': in the rescaled case
         # ‖W − η(‖W‖/‖g‖)g‖² = ‖W‖²((1 − ηc)² + η²(1 − c²)), c = cos(W, g).
         cosine = jnp.where(use_ratio, cosine.astype(dtype), 0)
-        rescaled_norm = param_norm * jnp.sqrt(
-            jnp.square(1 - eta * cosine) + eta * eta * (1 - cosine) * (1 + cosine)
+        squared_ratio = jnp.square(1 - eta * cosine) + eta * eta * (1 - cosine) * (1 + cosine)
+        # 0 only for η = 1 and g along W (W' = 0): keep the derivative finite there.
+        positive = squared_ratio > 0
+        rescaled_norm = param_norm * jnp.where(
+            positive, jnp.sqrt(jnp.where(positive, squared_ratio, 1)), 0
         )
         plain_norm = jnp.where(param_norm > 0, param_norm, jnp.abs(eta) * update_norm)
         new_norm = shrink * jnp.where(use_ratio, rescaled_norm, plain_norm)

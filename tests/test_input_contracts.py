@@ -317,6 +317,19 @@ def test_grad_through_update_is_finite_at_zero_norm_tensors(p_bound):
     np.testing.assert_allclose(by_grads["b"], -0.1 * shrink, rtol=1e-6)
 
 
+def test_grad_is_finite_where_the_step_lands_exactly_on_zero():
+    """η = 1 and g along W give W' = 0, where ‖W'‖ = √0 had an infinite derivative."""
+    params = {"w": jnp.array([3.0, 4.0])}
+    optimizer = fromage_optax.fromage(1.0, p_bound=1.0)
+    state = optimizer.init(params)
+
+    def total(params):
+        updates, _ = optimizer.update(params, state, params)
+        return jnp.sum(optax.apply_updates(params, updates)["w"])
+
+    assert np.isfinite(np.asarray(jax.grad(total)(params)["w"])).all()
+
+
 @pytest.mark.parametrize("factory", [fromage_optax.fromage, fromage_optax.control_weight_norm])
 def test_learning_rates_whose_square_overflows_are_refused(factory):
     with pytest.raises(ValueError, match="too large.*at most"):
