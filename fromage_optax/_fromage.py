@@ -249,8 +249,12 @@ def _fromage_updates(
             a, b, c = column[0], column[1], column[2]
             w, g = param_leaves[i], update_leaves[i]
             new_w = a * w.astype(dtype)
-            new_g = b * (c * g.astype(dtype))
-            new_leaves[i] = (new_w + new_g).astype(w.dtype)
+            new_g = b * (c * g.astype(dtype))  # c·g is exact: in value this is b·2**e·g
+            # The sum's order only steers which product XLA:CPU fuses into an FMA: in
+            # these orders every step rounds bitwise as the a·W + b·g of the previous
+            # releases did (the other orders differ by an ulp), so runs reproduce.
+            new = new_g + new_w if p_bound is None else new_w + new_g
+            new_leaves[i] = new.astype(w.dtype)
     return new_leaves
 
 

@@ -95,9 +95,11 @@ def step_coefficients(param_norm, update_norm, cosine, initial_norm, learning_ra
     update_scale, update_multiplier = power_of_two_scale(update_norm)
 
     use_ratio = (param_norm > 0) & (update_norm > 0)
-    # ‖g‖·2**-e is in [1, 8): the ratio to it cannot overflow where ‖W‖ does not.
-    ratio = safe_ratio(param_norm, update_norm * update_multiplier, use_ratio)
-    step_size = eta * jnp.where(use_ratio, ratio, update_scale)
+    # ‖g‖·2**-e is in [1, 8), so η‖W‖/(‖g‖·2**-e) under/overflows only where η‖W‖ itself
+    # does. Rounded as (η‖W‖)/‖g‖ always was: the scaling by 2**e is exact, so in the
+    # normal range every step is bitwise the one before this split.
+    scaled_ratio = safe_ratio(eta * param_norm, update_norm * update_multiplier, use_ratio)
+    step_size = jnp.where(use_ratio, scaled_ratio, eta * update_scale)
     update_coefficient = -shrink * step_size
     param_coefficient = shrink_minus_one
 
