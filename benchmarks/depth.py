@@ -39,7 +39,8 @@ import numpy as np
 from flax.training import train_state
 
 from benchmarks import data as data_lib
-from benchmarks import mlp, reporting, training
+from benchmarks import reporting, training
+from benchmarks.models import mlp
 
 TRAINABLE_ACCURACY = 0.9
 PAPER_DEEPEST_TRAINABLE = {"sgd": 10, "adam": 22, "fromage": 35}

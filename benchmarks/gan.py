@@ -29,7 +29,7 @@ generated images of each class (fixed latents), in the last hidden layer of a
 classifier trained on the same data (seeded, cached in ``--out``); and that
 classifier's accuracy on generated images of each requested class (does the
 conditioning work?). The models are the MLP generator and projection
-discriminator of `benchmarks.gan_models`, trained with the hinge loss.
+discriminator of `benchmarks.models.gan`, trained with the hinge loss.
 
   python -m benchmarks.gan --preset quick   # seconds (tests)
   python -m benchmarks.gan --preset cpu     # scikit-learn's 8×8 digits, 2 CPU cores
@@ -56,7 +56,8 @@ import optax
 
 import fromage_optax
 from benchmarks import data as data_lib
-from benchmarks import frechet, gan_models, reporting, training
+from benchmarks import frechet, reporting, training
+from benchmarks.models import gan as gan_models
 
 OPTIMIZER_NAMES = ("fromage", "adam", "sgd", "optax_fromage")
 # The authors' best learning rates for their GAN after tuning.

@@ -20,7 +20,8 @@ from pathlib import Path
 import jax
 
 from benchmarks import data as data_lib
-from benchmarks import mlp, reporting, training
+from benchmarks import reporting, training
+from benchmarks.models import mlp
 
 PRESETS = {
     # Seconds: for the tests.

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from flax import nnx
 
-from benchmarks import mlp, training
+from benchmarks import training
 from benchmarks.mlp_linen import compare_optimizers, parse_args, report
+from benchmarks.models import mlp
 
 
 def nnx_setup(config, dataset, optimizer):

@@ -39,7 +39,8 @@ import numpy as np
 import optax
 
 import fromage_optax
-from benchmarks import gpt, mlp, reporting
+from benchmarks import reporting
+from benchmarks.models import gpt, mlp
 
 OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
     "optax.sgd": lambda: optax.sgd(0.01),

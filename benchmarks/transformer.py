@@ -1,6 +1,6 @@
 """Byte-level GPT language model trained with Fromage, AdamW, SGD and optax.fromage.
 
-Trains the decoder-only transformer of `benchmarks.gpt` on a byte-level corpus
+Trains the decoder-only transformer of `benchmarks.models.gpt` on a byte-level corpus
 (`benchmarks.text_data`) with every optimiser of a grid, all with the same
 steps, batches (the batch at step s depends only on the seed and s) and
 initial parameters, and reports train and validation loss (nats per byte,
@@ -44,7 +44,8 @@ import optax
 from flax.training import train_state
 
 import fromage_optax
-from benchmarks import gpt, reporting, text_data
+from benchmarks import reporting, text_data
+from benchmarks.models import gpt
 from fromage_optax._diagnostics import monitor_relative_trust, relative_trust_metrics
 
 OPTIMIZER_NAMES = ("fromage", "adamw", "sgd", "optax_fromage")

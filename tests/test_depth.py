@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import data, depth, mlp, training
+from benchmarks import data, depth, training
+from benchmarks.models import mlp
 
 
 def write_fake_mnist(folder, *, num_train, num_test):

@@ -1,4 +1,4 @@
-"""Tests of benchmarks/gan.py and benchmarks/gan_models.py: the quick preset end to end, the
+"""Tests of benchmarks/gan.py and benchmarks/models/gan.py: the quick preset end to end, the
 gpu preset's MNIST path, the optimisers of the protocol, the train step and the bookkeeping."""
 
 import json
@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from benchmarks import data, gan, gan_models, training
+from benchmarks import data, gan, training
+from benchmarks.models import gan as gan_models
 
 
 def test_quick_preset_writes_runs_summary_and_plots(tmp_path, capsys):

@@ -65,7 +65,8 @@ def test_tiny_run_writes_every_section(tmp_path):
 
 
 def test_full_run_uses_presets_that_exist():
-    from benchmarks import depth, gpt, step_speed, transformer
+    from benchmarks import depth, step_speed, transformer
+    from benchmarks.models import gpt
 
     text = SCRIPT.read_text()
     assert "SS=(--preset gpu)" in text and "gpu" in step_speed.PRESETS

@@ -10,7 +10,8 @@ import optax
 import pytest
 from flax import nnx
 
-from benchmarks import mlp, mlp_linen, mlp_nnx, training
+from benchmarks import mlp_linen, mlp_nnx, training
+from benchmarks.models import mlp
 
 
 def test_torch_init_draws_weights_and_biases_from_fan_in_uniform():

@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from benchmarks import gpt, transformer
+from benchmarks import transformer
+from benchmarks.models import gpt
 
 RUN_FIELDS = {
     "best_validation_loss",
