@@ -56,7 +56,7 @@ import optax
 
 import fromage_optax
 from benchmarks import data as data_lib
-from benchmarks import frechet, reporting, training
+from benchmarks import frechet, optimizers, reporting, training
 from benchmarks.models import gan as gan_models
 
 OPTIMIZER_NAMES = ("fromage", "adam", "sgd", "optax_fromage")
@@ -353,8 +353,10 @@ def learning_rate_decay_step(config) -> int:
 
 def _set_learning_rates(state: gan_models.GANState, learning_rates) -> gan_models.GANState:
     return state._replace(
-        generator_opt_state=training.with_learning_rate(state.generator_opt_state, learning_rates),
-        discriminator_opt_state=training.with_learning_rate(
+        generator_opt_state=optimizers.with_learning_rate(
+            state.generator_opt_state, learning_rates
+        ),
+        discriminator_opt_state=optimizers.with_learning_rate(
             state.discriminator_opt_state, learning_rates
         ),
     )

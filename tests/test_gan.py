@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from benchmarks import data, gan, training
+from benchmarks import data, gan, optimizers
 from benchmarks.models import gan as gan_models
 
 
@@ -194,8 +194,8 @@ def test_train_step_is_pure_and_uses_the_learning_rate_in_its_state(name):
         generator, discriminator, optimizer, jax.random.key(0), latent_size=5
     )
     state = moving._replace(
-        generator_opt_state=training.with_learning_rate(moving.generator_opt_state, 0.0),
-        discriminator_opt_state=training.with_learning_rate(moving.discriminator_opt_state, 0.0),
+        generator_opt_state=optimizers.with_learning_rate(moving.generator_opt_state, 0.0),
+        discriminator_opt_state=optimizers.with_learning_rate(moving.discriminator_opt_state, 0.0),
     )
     step = jax.jit(gan_models.make_train_step(generator, discriminator, optimizer, latent_size=5))
     frozen, metrics = step(state, batch)
