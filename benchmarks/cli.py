@@ -86,7 +86,7 @@ def add_preset_arguments(parser: argparse.ArgumentParser, presets: Mapping[str, 
             continue
         names = ["--" + field.name.replace("_", "-"), *metadata.get("aliases", ())]
         kwargs: dict[str, Any] = {"dest": field.name, "default": None, "help": metadata.get("help")}
-        if hints[field.name] is bool:
+        if hints[field.name] in (bool, bool | None):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             parse, is_tuple = _value_parser(hints[field.name], metadata)

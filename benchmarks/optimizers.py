@@ -114,8 +114,8 @@ def make_optimizer(
     *,
     monitor: bool = True,
     injectable: bool = False,
-    mask: Any = is_weight_matrix,
-    layer_axes: Any = None,
+    monitor_mask: Any = is_weight_matrix,
+    monitor_layer_axes: Any = None,
     **options: Any,
 ) -> optax.GradientTransformation:
     """`create` (with `options`), optionally monitored and with an injectable learning rate.
@@ -123,13 +123,13 @@ def make_optimizer(
     Args:
       name: a name of `OPTIMIZERS`.
       learning_rate: the (initial) learning rate, or a schedule.
-      monitor: chain ``monitor_relative_trust`` (over `mask`, per layer along
-        `layer_axes`) last, so the step can report ‖ΔW‖/‖W‖ and the deep
+      monitor: chain ``monitor_relative_trust`` (over `monitor_mask`, per layer
+        along `monitor_layer_axes`) last, so the step can report ‖ΔW‖/‖W‖ and the deep
         relative trust (`relative_trust`).
       injectable: wrap in ``optax.inject_hyperparams`` so the learning rate lives
         in the state (see `with_learning_rate`): one compiled step then serves
         every learning rate, e.g. decayed between epochs or vmapped over.
-      mask, layer_axes: of the monitor.
+      monitor_mask, monitor_layer_axes: the monitor's ``mask`` and ``layer_axes``.
       **options: the optimiser's own options, e.g. ``momentum=0.9`` for "sgd".
     """
     check_name(name)
@@ -137,7 +137,7 @@ def make_optimizer(
     def build(learning_rate):
         optimizer = create(name, learning_rate, **options)
         if monitor:
-            optimizer = with_monitor(optimizer, mask=mask, layer_axes=layer_axes)
+            optimizer = with_monitor(optimizer, mask=monitor_mask, layer_axes=monitor_layer_axes)
         return optimizer
 
     if injectable:
