@@ -9,6 +9,8 @@ the device.
 
 from __future__ import annotations
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +18,9 @@ import optax
 from flax import nnx
 from flax.training import train_state
 
+from benchmarks.data import epoch_batch_indices
 from benchmarks.optimizers import relative_trust
+from benchmarks.reporting import progress
 
 
 def cross_entropy(logits, labels):
@@ -177,11 +181,6 @@ def train_and_evaluate(
       time of the epochs (and the test evaluations), `compile_seconds` that of
       compiling the epoch function ahead of time.
     """
-    import time
-
-    from benchmarks.data import epoch_batch_indices
-    from benchmarks.reporting import progress
-
     rng = np.random.default_rng(seed)
     num_examples = len(jax.tree.leaves(train_data)[0])
     train_data = jax.device_put(train_data)
@@ -201,11 +200,7 @@ def train_and_evaluate(
         else:
             indices = first_indices
         state, step_metrics = run_epoch(state, train_data, indices)
-        means = {f"train_{k}": v for k, v in epoch_means(step_metrics).items()}
-        means.update({f"test_{k}": v for k, v in evaluate(eval_step, state, test_data).items()})
-        history["epoch"].append(epoch)
-        for key, value in means.items():
-            history.setdefault(key, []).append(value)
+        _append_epoch(history, epoch, step_metrics, evaluate(eval_step, state, test_data))
     jax.block_until_ready(state)
     return {
         "state": state,
@@ -213,3 +208,11 @@ def train_and_evaluate(
         "compile_seconds": compile_seconds,
         "train_seconds": time.perf_counter() - start,
     }
+
+
+def _append_epoch(history: dict, epoch: int, step_metrics, test_metrics: dict) -> None:
+    means = {f"train_{k}": v for k, v in epoch_means(step_metrics).items()}
+    means.update({f"test_{k}": v for k, v in test_metrics.items()})
+    history["epoch"].append(epoch)
+    for key, value in means.items():
+        history.setdefault(key, []).append(value)

@@ -170,50 +170,27 @@ def make_train_step(
       "fake_score"}`` (the losses before the step's updates).
     """
 
-    def generate(params, latents, labels):
-        return generator.apply({"params": params}, latents, labels)
-
-    def score(params, images, labels):
-        return discriminator.apply({"params": params}, images, labels)
-
     def train_step(state: GANState, batch):
         images, labels = batch["image"], batch["label"]
         key, discriminator_key, generator_key = jax.random.split(state.key, 3)
         latent_shape = (images.shape[0], latent_size)
-
-        fakes = generate(
-            state.generator_params, jax.random.normal(discriminator_key, latent_shape), labels
+        fakes = generator.apply(
+            {"params": state.generator_params},
+            jax.random.normal(discriminator_key, latent_shape),
+            labels,
         )
-        fakes = jax.lax.stop_gradient(fakes)
-
-        def discriminator_loss_fn(params):
-            real_scores = score(params, images, labels)
-            fake_scores = score(params, fakes, labels)
-            loss = discriminator_hinge_loss(real_scores, fake_scores)
-            return loss, (real_scores.mean(), fake_scores.mean())
-
-        (discriminator_loss, (real_score, fake_score)), grads = jax.value_and_grad(
-            discriminator_loss_fn, has_aux=True
-        )(state.discriminator_params)
-        updates, discriminator_opt_state = optimizer.update(
-            grads, state.discriminator_opt_state, state.discriminator_params
+        discriminator_params, discriminator_opt_state, metrics = _discriminator_update(
+            discriminator, optimizer, state, images, jax.lax.stop_gradient(fakes), labels
         )
-        discriminator_params = optax.apply_updates(state.discriminator_params, updates)
-
-        generator_latents = jax.random.normal(generator_key, latent_shape)
-
-        def generator_loss_fn(params):
-            fake_scores = score(
-                discriminator_params, generate(params, generator_latents, labels), labels
-            )
-            return generator_hinge_loss(fake_scores)
-
-        generator_loss, grads = jax.value_and_grad(generator_loss_fn)(state.generator_params)
-        updates, generator_opt_state = optimizer.update(
-            grads, state.generator_opt_state, state.generator_params
+        generator_params, generator_opt_state, generator_loss = _generator_update(
+            generator,
+            discriminator,
+            optimizer,
+            state,
+            discriminator_params,
+            jax.random.normal(generator_key, latent_shape),
+            labels,
         )
-        generator_params = optax.apply_updates(state.generator_params, updates)
-
         new_state = GANState(
             generator_params=generator_params,
             discriminator_params=discriminator_params,
@@ -222,12 +199,42 @@ def make_train_step(
             key=key,
             step=state.step + 1,
         )
-        metrics = {
-            "discriminator_loss": discriminator_loss,
-            "generator_loss": generator_loss,
-            "real_score": real_score,
-            "fake_score": fake_score,
-        }
-        return new_state, metrics
+        return new_state, {**metrics, "generator_loss": generator_loss}
 
     return train_step
+
+
+def _discriminator_update(discriminator, optimizer, state: GANState, images, fakes, labels):
+    """One discriminator step on real `images` and `fakes`: (params, opt state, metrics)."""
+
+    def loss_fn(params):
+        real_scores = discriminator.apply({"params": params}, images, labels)
+        fake_scores = discriminator.apply({"params": params}, fakes, labels)
+        loss = discriminator_hinge_loss(real_scores, fake_scores)
+        return loss, (real_scores.mean(), fake_scores.mean())
+
+    (loss, (real_score, fake_score)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.discriminator_params
+    )
+    updates, opt_state = optimizer.update(
+        grads, state.discriminator_opt_state, state.discriminator_params
+    )
+    params = optax.apply_updates(state.discriminator_params, updates)
+    metrics = {"discriminator_loss": loss, "real_score": real_score, "fake_score": fake_score}
+    return params, opt_state, metrics
+
+
+def _generator_update(
+    generator, discriminator, optimizer, state: GANState, discriminator_params, latents, labels
+):
+    """One generator step against the updated discriminator: (params, opt state, loss)."""
+
+    def loss_fn(params):
+        fakes = generator.apply({"params": params}, latents, labels)
+        return generator_hinge_loss(
+            discriminator.apply({"params": discriminator_params}, fakes, labels)
+        )
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.generator_params)
+    updates, opt_state = optimizer.update(grads, state.generator_opt_state, state.generator_params)
+    return optax.apply_updates(state.generator_params, updates), opt_state, loss
