@@ -75,6 +75,13 @@ def _split(parse: Callable[[str], Any]) -> Callable[[str], tuple]:
     return lambda text: tuple(parse(item.strip()) for item in text.split(",") if item.strip())
 
 
+def _help(field: dataclasses.Field) -> str | None:
+    parts = [field.metadata.get("help")]
+    if field.metadata.get("choices"):
+        parts.append("one of " + ", ".join(map(str, field.metadata["choices"])))
+    return "; ".join(part for part in parts if part) or None
+
+
 def add_preset_arguments(parser: argparse.ArgumentParser, presets: Mapping[str, Any], default: str):
     """Adds ``--preset`` and one flag per field of the presets' dataclass to `parser`."""
     parser.add_argument("--preset", choices=tuple(presets), default=default)
@@ -85,13 +92,14 @@ def add_preset_arguments(parser: argparse.ArgumentParser, presets: Mapping[str, 
         if metadata.get("flag", True) is False:
             continue
         names = ["--" + field.name.replace("_", "-"), *metadata.get("aliases", ())]
-        kwargs: dict[str, Any] = {"dest": field.name, "default": None, "help": metadata.get("help")}
+        kwargs: dict[str, Any] = {"dest": field.name, "default": None, "help": _help(field)}
         if hints[field.name] in (bool, bool | None):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             parse, is_tuple = _value_parser(hints[field.name], metadata)
             if is_tuple:
-                kwargs.update(nargs="+", type=_split(parse), action=_Concatenate)
+                metavar = field.name.rsplit("_", 1)[-1].upper()
+                kwargs.update(nargs="+", type=_split(parse), action=_Concatenate, metavar=metavar)
             else:
                 kwargs["type"] = parse
         parser.add_argument(*names, **kwargs)
