@@ -15,8 +15,7 @@ may add ``help``, ``choices``, ``parse`` (the parser of one value),
       epochs: int
       depths: tuple[int, ...] = dataclasses.field(metadata={"help": "e.g. 1,10,20"})
 
-  parser = argparse.ArgumentParser()
-  add_preset_arguments(parser, PRESETS, default="quick")
+  parser = preset_parser("benchmarks.depth", __doc__, PRESETS, default="quick")
   config = config_from_args(parser, parser.parse_args(argv), PRESETS)
 
 A preset may check itself in ``__post_init__`` (raising ValueError): a bad
@@ -103,6 +102,19 @@ def add_preset_arguments(parser: argparse.ArgumentParser, presets: Mapping[str, 
             else:
                 kwargs["type"] = parse
         parser.add_argument(*names, **kwargs)
+
+
+def preset_parser(
+    module: str, description: str | None, presets: Mapping[str, Any], default: str
+) -> argparse.ArgumentParser:
+    """An argument parser for ``python -m <module>`` with `add_preset_arguments`."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_preset_arguments(parser, presets, default)
+    return parser
 
 
 def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, presets):

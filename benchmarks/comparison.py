@@ -15,16 +15,10 @@ import jax
 
 from benchmarks import cli, optimizers, reporting, training
 from benchmarks import data as data_lib
-from benchmarks.models import mlp
 
-# The paper's SGD has momentum 0.9; every other optimiser keeps optax's defaults.
-OPTIMIZER_OPTIONS = {"sgd": {"momentum": 0.9}}
-LABELS = {
-    "sgd": "SGD (momentum 0.9)",
-    "adam": "Adam",
-    "fromage": "fromage_optax.fromage",
-    "optax_fromage": "optax.fromage",
-}
+# The paper's optimisers as the depth experiment runs them (SGD with momentum 0.9).
+from benchmarks.depth.configs import LABELS, OPTIMIZER_OPTIONS
+from benchmarks.models import mlp
 
 
 def parse_optimizer(text: str) -> tuple[str, float]:
@@ -74,12 +68,9 @@ PRESETS = {
 }
 
 
-def parse_args(argv=None, *, description: str = __doc__) -> Config:
+def parse_args(argv=None, *, module="benchmarks.mlp_linen", description=__doc__) -> Config:
     """The preset (default "cpu") with the command line's flags applied."""
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    cli.add_preset_arguments(parser, PRESETS, default="cpu")
+    parser = cli.preset_parser(module, description, PRESETS, default="cpu")
     return cli.config_from_args(parser, parser.parse_args(argv), PRESETS)
 
 

@@ -34,7 +34,7 @@ def nnx_setup(config, dataset, optimizer):
 
 
 def main(argv=None) -> list[dict]:
-    config = parse_args(argv, description=__doc__)
+    config = parse_args(argv, module="benchmarks.mlp_nnx", description=__doc__)
     results = compare_optimizers(config, nnx_setup, framework="NNX")
     report(config, results, framework="NNX", stem="mlp_nnx")
     return results

@@ -22,12 +22,9 @@ from benchmarks.depth.train import train_grid
 def _parser() -> argparse.ArgumentParser:
     import benchmarks.depth
 
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.depth",
-        description=benchmarks.depth.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = cli.preset_parser(
+        "benchmarks.depth", benchmarks.depth.__doc__, configs.PRESETS, default="quick"
     )
-    cli.add_preset_arguments(parser, configs.PRESETS, default="quick")
     parser.add_argument(
         "--report-only",
         action="store_true",

@@ -16,6 +16,7 @@ PAPER_LEARNING_RATES = {
     "fromage": (0.1, 0.01, 0.001),
     "optax_fromage": (0.1, 0.01, 0.001),
 }
+# SGD with momentum 0.9; the others with optax's defaults.
 OPTIMIZER_OPTIONS = {"sgd": {"momentum": 0.9}}
 LABELS = {
     "sgd": "SGD (momentum 0.9)",

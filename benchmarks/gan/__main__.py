@@ -6,7 +6,6 @@ fromage,adam``, ``--steps 2000``, ...) that overrides the preset's value.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
@@ -22,12 +21,9 @@ def parse_args(argv=None) -> configs.Config:
     """The preset (default "quick") with the command line's flags applied."""
     import benchmarks.gan
 
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.gan",
-        description=benchmarks.gan.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = cli.preset_parser(
+        "benchmarks.gan", benchmarks.gan.__doc__, configs.PRESETS, default="quick"
     )
-    cli.add_preset_arguments(parser, configs.PRESETS, default="quick")
     return cli.config_from_args(parser, parser.parse_args(argv), configs.PRESETS)
 
 

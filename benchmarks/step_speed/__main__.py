@@ -7,7 +7,6 @@ is a flag (``--repeats``, ``--optimizers``, ``--trees``, ``--dtypes``,
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 import jax
@@ -20,12 +19,9 @@ def parse_args(argv=None) -> configs.Config:
     """The preset (default "cpu") with the command line's flags applied."""
     import benchmarks.step_speed
 
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.step_speed",
-        description=benchmarks.step_speed.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = cli.preset_parser(
+        "benchmarks.step_speed", benchmarks.step_speed.__doc__, configs.PRESETS, default="cpu"
     )
-    cli.add_preset_arguments(parser, configs.PRESETS, default="cpu")
     return cli.config_from_args(parser, parser.parse_args(argv), configs.PRESETS)
 
 

@@ -18,12 +18,9 @@ from benchmarks.transformer import configs, report, train
 def _parser() -> argparse.ArgumentParser:
     import benchmarks.transformer
 
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.transformer",
-        description=benchmarks.transformer.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = cli.preset_parser(
+        "benchmarks.transformer", benchmarks.transformer.__doc__, configs.PRESETS, default="quick"
     )
-    cli.add_preset_arguments(parser, configs.PRESETS, default="quick")
     parser.add_argument("--resume", action="store_true", help="continue runs from checkpoints")
     parser.add_argument(
         "--runs",
