@@ -12,6 +12,7 @@ import pytest
 from benchmarks import data, optimizers
 from benchmarks.gan import __main__ as gan_cli
 from benchmarks.gan import configs, report
+from benchmarks.gan import step as gan_step
 from benchmarks.models import gan as gan_models
 
 
@@ -183,8 +184,8 @@ def test_networks_condition_on_labels():
 def test_hinge_losses():
     real, fake = jnp.array([2.0, 0.5, -1.0]), jnp.array([-2.0, 0.0, 1.0])
     # relu(1 - real) = (0, 0.5, 2); relu(1 + fake) = (0, 1, 2).
-    assert float(gan_models.discriminator_hinge_loss(real, fake)) == pytest.approx(2.5 / 3 + 1.0)
-    assert float(gan_models.generator_hinge_loss(fake)) == pytest.approx(1.0 / 3)
+    assert float(gan_step.discriminator_hinge_loss(real, fake)) == pytest.approx(2.5 / 3 + 1.0)
+    assert float(gan_step.generator_hinge_loss(fake)) == pytest.approx(1.0 / 3)
 
 
 @pytest.mark.parametrize("name", ["fromage", "adam", "sgd"])
@@ -192,14 +193,14 @@ def test_train_step_is_pure_and_uses_the_learning_rate_in_its_state(name):
     generator, discriminator, batch = _tiny_gan()
     lr = configs.PAPER_BEST_LEARNING_RATES[name]
     optimizer = configs.make_optimizer(name, lr)
-    moving = gan_models.init_gan_state(
+    moving = gan_step.init_gan_state(
         generator, discriminator, optimizer, jax.random.key(0), latent_size=5
     )
     state = moving._replace(
         generator_opt_state=optimizers.with_learning_rate(moving.generator_opt_state, 0.0),
         discriminator_opt_state=optimizers.with_learning_rate(moving.discriminator_opt_state, 0.0),
     )
-    step = jax.jit(gan_models.make_train_step(generator, discriminator, optimizer, latent_size=5))
+    step = jax.jit(gan_step.make_train_step(generator, discriminator, optimizer, latent_size=5))
     frozen, metrics = step(state, batch)
     # Learning rate 0: nothing moves but the key and the step count.
     jax.tree.map(np.testing.assert_array_equal, frozen.generator_params, state.generator_params)

@@ -17,6 +17,7 @@ import numpy as np
 
 from benchmarks import data as data_lib
 from benchmarks import frechet, optimizers, training
+from benchmarks.gan import step as step_lib
 from benchmarks.gan.configs import (
     PAPER_BEST_LEARNING_RATES,
     SAMPLES_PER_CLASS_IN_GRID,
@@ -143,7 +144,7 @@ class Trainer:
         # The networks' (vmapped) init compiles once for every optimiser and phase.
         self._init_params = jax.jit(
             jax.vmap(
-                lambda key_data: gan_models.init_gan_params(
+                lambda key_data: step_lib.init_gan_params(
                     self.generator,
                     self.discriminator,
                     jax.random.wrap_key_data(key_data),
@@ -155,7 +156,7 @@ class Trainer:
     def chunk_fn(self, optimizer_name: str):
         """Jitted ``(state, data, indices) -> (state, metrics)``: `eval_every` vmapped steps."""
         if optimizer_name not in self._chunk_fns:
-            step = gan_models.make_train_step(
+            step = step_lib.make_train_step(
                 self.generator,
                 self.discriminator,
                 make_optimizer(optimizer_name, PAPER_BEST_LEARNING_RATES[optimizer_name]),
@@ -164,12 +165,12 @@ class Trainer:
             self._chunk_fns[optimizer_name] = training.make_epoch_fn(jax.vmap(step))
         return self._chunk_fns[optimizer_name]
 
-    def init_states(self, optimizer, seeds) -> gan_models.GANState:
-        """`gan_models.init_gan_state` of every seed, stacked on a leading axis."""
+    def init_states(self, optimizer, seeds) -> step_lib.GANState:
+        """`step.init_gan_state` of every seed, stacked on a leading axis."""
         keys = jnp.stack([jax.random.key_data(jax.random.key(seed)) for seed in seeds])
         generator_params, discriminator_params, run_keys = self._init_params(keys)
         init = jax.jit(jax.vmap(optimizer.init))
-        return gan_models.GANState(
+        return step_lib.GANState(
             generator_params=generator_params,
             discriminator_params=discriminator_params,
             generator_opt_state=init(generator_params),
@@ -179,7 +180,7 @@ class Trainer:
         )
 
 
-def _set_learning_rates(state: gan_models.GANState, learning_rates) -> gan_models.GANState:
+def _set_learning_rates(state: step_lib.GANState, learning_rates) -> step_lib.GANState:
     return state._replace(
         generator_opt_state=optimizers.with_learning_rate(
             state.generator_opt_state, learning_rates
