@@ -41,6 +41,6 @@ over seeds), ``gan_accuracy.png`` (the same for the classifier's accuracy on
 generated images) and ``samples_<optimizer>.png`` (rows: classes) into ``--out``.
 
 Modules: `configs` (presets, the protocol's optimisers and rates), `step` (the
-pure GAN step), `train` (the scorer, the stacked runs of one phase), `report` (best rates, summaries,
-the table and plots), ``__main__`` (the command line).
+pure GAN step), `train` (the scorer, the stacked runs of one phase), `report`
+(best rates, summaries, the table and plots), ``__main__`` (the command line).
 """
