@@ -31,14 +31,14 @@ def device_report() -> dict:
     """The JAX backend and devices, and the bandwidth the step-speed floor will assume."""
     import jax
 
-    from benchmarks import step_speed
+    from benchmarks.step_speed import timing
 
     device = jax.devices()[0]
     return {
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "device_kind": device.device_kind,
-        "bandwidth_gbs": step_speed.device_bandwidth_gbs(device.device_kind),
+        "bandwidth_gbs": timing.device_bandwidth_gbs(device.device_kind),
         "python": platform.python_version(),
         "packages": _versions(
             "jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax", "mlxtend"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -71,6 +72,8 @@ def format_markdown_table(
 
 
 def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -86,7 +89,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, results: Any) -> Path:
-    """Writes `results` as indented JSON (NaN/Inf as strings), creating the folder."""
+    """Writes `results` as indented JSON (NaN/Inf as strings, dataclasses as dicts), creating
+    the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_jsonable(results), indent=2) + "\n")

@@ -1,12 +1,15 @@
-"""Generic training pieces shared by the benchmarks: optimisers by name, pure jitted steps, loops.
+"""Generic training pieces shared by the benchmarks: the loss, pure jitted steps, loops.
 
 Every train step is a pure function ``(state, batch) -> (state, metrics)`` with
-the optimiser inside the state, so comparing optimisers is a change of one
-argument. `make_epoch_fn` runs a whole epoch of any such step in one jitted
-``lax.scan``, gathering batches from data kept on the device.
+the optimiser (from `benchmarks.optimizers`) inside the state, so comparing
+optimisers is a change of one argument. `make_epoch_fn` runs a whole epoch of
+any such step in one jitted ``lax.scan``, gathering batches from data kept on
+the device.
 """
 
 from __future__ import annotations
+
+import time
 
 import jax
 import jax.numpy as jnp
@@ -15,94 +18,19 @@ import optax
 from flax import nnx
 from flax.training import train_state
 
-import fromage_optax
-from fromage_optax._diagnostics import monitor_relative_trust, relative_trust_metrics
-
-# Optimiser names understood by `make_optimizer`, with the paper's learning-rate grids.
-OPTIMIZER_NAMES = ("sgd", "adam", "fromage", "optax_fromage")
-PAPER_LEARNING_RATES = {
-    "sgd": (1.0, 0.1, 0.01),
-    "adam": (1e-2, 1e-3, 1e-4),
-    "fromage": (0.1, 0.01, 0.001),
-    "optax_fromage": (0.1, 0.01, 0.001),
-}
-OPTIMIZER_LABELS = {
-    "sgd": "SGD (momentum 0.9)",
-    "adam": "Adam",
-    "fromage": "fromage_optax.fromage",
-    "optax_fromage": "optax.fromage",
-}
+from benchmarks.data import epoch_batch_indices
+from benchmarks.optimizers import relative_trust
+from benchmarks.reporting import progress
 
 
-def base_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
-    """The optimiser called `name` (one of `OPTIMIZER_NAMES`) at `learning_rate`."""
-    if name == "sgd":
-        return optax.sgd(learning_rate, momentum=0.9)
-    if name == "adam":
-        return optax.adam(learning_rate)
-    if name == "fromage":
-        return fromage_optax.fromage(learning_rate)
-    if name == "optax_fromage":
-        return optax.fromage(learning_rate)
-    raise ValueError(f"Unknown optimizer {name!r}; choose from {OPTIMIZER_NAMES}.")
-
-
-def is_weight_matrix(params):
-    """Mask selecting the weight matrices (ndim ≥ 2), the 'layers' of deep relative trust."""
-    return jax.tree.map(lambda leaf: jnp.ndim(leaf) >= 2, params)
-
-
-def make_optimizer(
-    name: str,
-    learning_rate: float,
-    *,
-    monitor: bool = True,
-    injectable: bool = False,
-) -> optax.GradientTransformation:
-    """`base_optimizer`, optionally followed by `monitor_relative_trust` (weights only).
-
-    Args:
-      name: one of `OPTIMIZER_NAMES`.
-      learning_rate: the initial learning rate.
-      monitor: chain ``monitor_relative_trust`` last, so the step can report
-        ‖ΔW‖/‖W‖ per layer and the deep relative trust.
-      injectable: wrap in ``optax.inject_hyperparams`` so the learning rate lives
-        in the state (see `with_learning_rate`), e.g. to decay it between epochs
-        or to vmap over several learning rates.
-    """
-
-    def build(learning_rate):
-        optimizer = base_optimizer(name, learning_rate)
-        if monitor:
-            optimizer = optax.chain(optimizer, monitor_relative_trust(mask=is_weight_matrix))
-        return optimizer
-
-    if injectable:
-        return optax.inject_hyperparams(build)(learning_rate=learning_rate)
-    return build(learning_rate)
-
-
-def with_learning_rate(opt_state, learning_rate):
-    """`opt_state` of an ``inject_hyperparams`` optimiser with its learning rate replaced."""
-    hyperparams = dict(opt_state.hyperparams)
-    old = hyperparams["learning_rate"]
-    hyperparams["learning_rate"] = jnp.broadcast_to(
-        jnp.asarray(learning_rate, old.dtype), old.shape
-    )
-    return opt_state._replace(hyperparams=hyperparams)
-
-
-def optimizer_metrics(opt_state) -> dict:
-    """Relative trust metrics of the latest step if the optimiser has a monitor, else {}."""
-    try:
-        return relative_trust_metrics(opt_state)
-    except ValueError:
-        return {}
+def cross_entropy(logits, labels):
+    """Softmax cross-entropy (nats) of integer `labels`, one value per label (any leading shape)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
 def cross_entropy_loss(logits, labels):
     """Mean softmax cross-entropy of integer `labels`."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return cross_entropy(logits, labels).mean()
 
 
 def classification_metrics(logits, labels) -> dict:
@@ -133,7 +61,7 @@ def classifier_train_step(state: train_state.TrainState, batch):
     (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads)
     metrics = classification_metrics(logits, batch["label"])
-    metrics.update(optimizer_metrics(state.opt_state))
+    metrics.update(relative_trust(state.opt_state))
     return state, metrics
 
 
@@ -167,7 +95,7 @@ def make_nnx_classifier_steps(graphdef):
         (_, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         optimizer.update(model, grads)
         metrics = classification_metrics(logits, batch["label"])
-        metrics.update(optimizer_metrics(nnx.as_pure(optimizer.opt_state)))
+        metrics.update(relative_trust(nnx.as_pure(optimizer.opt_state)))
         return nnx.state((model, optimizer)), metrics
 
     def eval_step(state, batch):
@@ -253,11 +181,6 @@ def train_and_evaluate(
       time of the epochs (and the test evaluations), `compile_seconds` that of
       compiling the epoch function ahead of time.
     """
-    import time
-
-    from benchmarks.data import epoch_batch_indices
-    from benchmarks.reporting import progress
-
     rng = np.random.default_rng(seed)
     num_examples = len(jax.tree.leaves(train_data)[0])
     train_data = jax.device_put(train_data)
@@ -277,11 +200,7 @@ def train_and_evaluate(
         else:
             indices = first_indices
         state, step_metrics = run_epoch(state, train_data, indices)
-        means = {f"train_{k}": v for k, v in epoch_means(step_metrics).items()}
-        means.update({f"test_{k}": v for k, v in evaluate(eval_step, state, test_data).items()})
-        history["epoch"].append(epoch)
-        for key, value in means.items():
-            history.setdefault(key, []).append(value)
+        _append_epoch(history, epoch, step_metrics, evaluate(eval_step, state, test_data))
     jax.block_until_ready(state)
     return {
         "state": state,
@@ -289,3 +208,11 @@ def train_and_evaluate(
         "compile_seconds": compile_seconds,
         "train_seconds": time.perf_counter() - start,
     }
+
+
+def _append_epoch(history: dict, epoch: int, step_metrics, test_metrics: dict) -> None:
+    means = {f"train_{k}": v for k, v in epoch_means(step_metrics).items()}
+    means.update({f"test_{k}": v for k, v in test_metrics.items()})
+    history["epoch"].append(epoch)
+    for key, value in means.items():
+        history.setdefault(key, []).append(value)

@@ -1,6 +1,7 @@
-"""Tests of benchmarks/depth.py: the quick preset end to end, the paper preset's data path,
+"""Tests of benchmarks/depth/: the quick preset end to end, the paper preset's data path,
 the vmapped learning-rate grid and the best-lr / deepest-trainable bookkeeping."""
 
+import dataclasses
 import json
 
 import jax
@@ -8,7 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import data, depth, mlp, training
+from benchmarks import data, optimizers, training
+from benchmarks.depth import __main__ as depth_cli
+from benchmarks.depth import configs, report, train
+from benchmarks.models import mlp
 
 
 def write_fake_mnist(folder, *, num_train, num_test):
@@ -26,7 +30,7 @@ def write_fake_mnist(folder, *, num_train, num_test):
 
 def test_quick_preset_writes_every_run_and_the_plots(tmp_path):
     out = tmp_path / "quick"
-    summary = depth.main(
+    summary = depth_cli.main(
         ["--preset", "quick", "--optimizers", "fromage", "--depths", "2", "--out", str(out)]
     )
     payload = json.loads((out / "depth.json").read_text())
@@ -63,11 +67,10 @@ def test_quick_preset_writes_every_run_and_the_plots(tmp_path):
 
 def test_report_only_rebuilds_outputs_from_json(tmp_path):
     runs = [_fake_run("adam", d, lr, acc) for d, lr, acc in [(1, 0.01, 0.95), (2, 0.01, 0.5)]]
-    config = {**depth.DEFAULTS, **depth.PRESETS["quick"], "optimizers": ["adam"]}
-    config["out"] = str(tmp_path)
-    depth.write_outputs(config, runs, finished=False, plots=False)
+    config = dataclasses.replace(configs.PRESETS["quick"], optimizers=("adam",), out=str(tmp_path))
+    report.write_outputs(config, runs, finished=False, plots=False)
     assert not (tmp_path / "depth.png").exists()
-    summary = depth.main(["--report-only", "--out", str(tmp_path)])
+    summary = depth_cli.main(["--report-only", "--out", str(tmp_path)])
     assert (tmp_path / "depth.png").exists()
     assert summary["deepest_trainable"] == {"adam": 1}
     assert json.loads((tmp_path / "depth.json").read_text())["finished"] is False
@@ -75,10 +78,10 @@ def test_report_only_rebuilds_outputs_from_json(tmp_path):
 
 def test_paper_preset_reads_mnist_idx_files(tmp_path):
     write_fake_mnist(tmp_path, num_train=16, num_test=4)
-    config = depth.parse_args(["--preset", "paper", "--data-dir", str(tmp_path)])
-    assert config["width"] == 784 and config["epochs"] == 100 and config["batch_size"] == 250
-    assert list(config["depths"]) == [*range(1, 11), 15, 20, 25, 30, 35, 40, 45, 50]
-    summary = depth.main(
+    config = depth_cli.parse_args(["--preset", "paper", "--data-dir", str(tmp_path)])
+    assert config.width == 784 and config.epochs == 100 and config.batch_size == 250
+    assert list(config.depths) == [*range(1, 11), 15, 20, 25, 30, 35, 40, 45, 50]
+    summary = depth_cli.main(
         [
             "--preset", "paper", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out"),
             "--optimizers", "adam", "--depths", "1", "--width", "8", "--epochs", "1",
@@ -92,32 +95,32 @@ def test_paper_preset_reads_mnist_idx_files(tmp_path):
 
 def test_paper_preset_without_files_names_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
-        depth.main(["--preset", "paper", "--data-dir", str(tmp_path), "--out", str(tmp_path)])
+        depth_cli.main(["--preset", "paper", "--data-dir", str(tmp_path), "--out", str(tmp_path)])
 
 
 def test_cpu_preset_follows_the_protocol():
-    config = depth.parse_args(["--preset", "cpu", "--seeds", "0,1"])
-    assert config["dataset"] == "mnist_subset" and max(config["depths"]) >= 48
-    assert config["batch_size"] == 250 and config["lr_decay"] == 0.95
-    assert config["seeds"] == (0, 1) and config["init"] == "torch"
-    assert tuple(config["optimizers"]) == ("sgd", "adam", "fromage", "optax_fromage")
+    config = depth_cli.parse_args(["--preset", "cpu", "--seeds", "0,1"])
+    assert config.dataset == "mnist_subset" and max(config.depths) >= 48
+    assert config.batch_size == 250 and config.lr_decay == 0.95
+    assert config.seeds == (0, 1) and config.init == "torch"
+    assert tuple(config.optimizers) == ("sgd", "adam", "fromage", "optax_fromage")
     with pytest.raises(SystemExit):
-        depth.parse_args(["--optimizers", "rmsprop"])
+        depth_cli.parse_args(["--optimizers", "rmsprop"])
 
 
 def test_stacked_models_train_like_separate_models():
     """The vmapped grid gives every (lr, seed) the result it would get alone."""
     model = mlp.MLP((8, 8), 3)
-    optimizer = training.make_optimizer("sgd", 0.1, monitor=False, injectable=True)
+    optimizer = optimizers.make_optimizer("sgd", 0.1, monitor=False, injectable=True)
     inputs = jnp.asarray(np.random.default_rng(0).normal(size=(10, 4)), jnp.float32)
     batch = {"image": inputs, "label": jnp.arange(10) % 3}
     learning_rates, seeds = [0.1, 0.01], [3, 4]
-    stacked = depth.stacked_train_state(model, optimizer, inputs[:1], seeds, learning_rates)
+    stacked = train.stacked_train_state(model, optimizer, inputs[:1], seeds, learning_rates)
     step = jax.jit(training.classifier_train_step)
     stacked, metrics = jax.vmap(step, in_axes=(0, None))(stacked, batch)
     for index, (lr, seed) in enumerate(zip(learning_rates, seeds, strict=True)):
         alone = training.create_train_state(model, optimizer, inputs[:1], jax.random.key(seed))
-        alone = alone.replace(opt_state=training.with_learning_rate(alone.opt_state, lr))
+        alone = alone.replace(opt_state=optimizers.with_learning_rate(alone.opt_state, lr))
         alone, alone_metrics = step(alone, batch)
         jax.tree.map(
             lambda a, b, i=index: np.testing.assert_allclose(a[i], b, rtol=2e-5, atol=1e-6),
@@ -158,11 +161,11 @@ def test_best_learning_rate_and_deepest_trainable_depth():
         _fake_run("fromage", 1, 0.1, float("nan")),
         _fake_run("fromage", 1, 0.01, 0.5),
     ]
-    best = depth.best_runs(runs)
+    best = report.best_runs(runs)
     assert best[("sgd", 1)]["learning_rate"] == 0.1
     assert best[("sgd", 2)]["learning_rate"] == 0.01
     assert best[("fromage", 3)]["learning_rate"] == 0.01
     assert best[("fromage", 3)]["train_accuracy"] == pytest.approx(0.945)
     assert best[("fromage", 1)]["learning_rate"] == 0.01
-    deepest = depth.deepest_trainable(best, ["sgd", "fromage", "adam"], [1, 2, 3])
+    deepest = report.deepest_trainable(best, ["sgd", "fromage", "adam"], [1, 2, 3])
     assert deepest == {"sgd": 2, "fromage": 3, "adam": None}

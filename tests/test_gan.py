@@ -1,4 +1,4 @@
-"""Tests of benchmarks/gan.py and benchmarks/gan_models.py: the quick preset end to end, the
+"""Tests of benchmarks/gan/ and benchmarks/models/gan.py: the quick preset end to end, the
 gpu preset's MNIST path, the optimisers of the protocol, the train step and the bookkeeping."""
 
 import json
@@ -9,12 +9,16 @@ import numpy as np
 import optax
 import pytest
 
-from benchmarks import data, gan, gan_models, training
+from benchmarks import data, optimizers
+from benchmarks.gan import __main__ as gan_cli
+from benchmarks.gan import configs, report
+from benchmarks.gan import step as gan_step
+from benchmarks.models import gan as gan_models
 
 
 def test_quick_preset_writes_runs_summary_and_plots(tmp_path, capsys):
     out = tmp_path / "quick"
-    result = gan.main(
+    result = gan_cli.main(
         ["--preset", "quick", "--optimizers", "fromage,adam", "--lr-decay-at", "0.5"]
         + ["--out", str(out)]
     )
@@ -86,12 +90,12 @@ def _write_fake_mnist(folder, *, num_train, num_test):
 
 def test_gpu_preset_trains_on_mnist_idx_files(tmp_path):
     _write_fake_mnist(tmp_path, num_train=40, num_test=20)
-    config = gan.parse_args(["--preset", "gpu", "--data-dir", str(tmp_path)])
-    assert config["dataset"] == "mnist" and config["batch_size"] == 256
-    assert config["steps"] == 30_000 and config["seeds"] == (0, 1, 2)
-    assert tuple(config["optimizers"]) == ("fromage", "adam", "sgd", "optax_fromage")
+    config = gan_cli.parse_args(["--preset", "gpu", "--data-dir", str(tmp_path)])
+    assert config.dataset == "mnist" and config.batch_size == 256
+    assert config.steps == 30_000 and config.seeds == (0, 1, 2)
+    assert tuple(config.optimizers) == ("fromage", "adam", "sgd", "optax_fromage")
     out = tmp_path / "out"
-    gan.main(
+    gan_cli.main(
         [
             "--preset", "gpu", "--data-dir", str(tmp_path), "--out", str(out),
             "--optimizers", "sgd", "--seeds", "0", "--lr-factors", "1", "--steps", "2",
@@ -111,7 +115,7 @@ def test_gpu_preset_trains_on_mnist_idx_files(tmp_path):
 
 def test_gpu_preset_without_files_names_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
-        gan.main(["--preset", "gpu", "--data-dir", str(tmp_path), "--out", str(tmp_path)])
+        gan_cli.main(["--preset", "gpu", "--data-dir", str(tmp_path), "--out", str(tmp_path)])
 
 
 def test_optimizers_and_presets_follow_the_protocol():
@@ -123,8 +127,8 @@ def test_optimizers_and_presets_follow_the_protocol():
         "optax_fromage": optax.fromage(0.01),
     }
     for name, reference in expected.items():
-        lr = gan.PAPER_BEST_LEARNING_RATES[name]
-        for optimizer in (gan.base_optimizer(name, lr), gan.make_optimizer(name, lr)):
+        lr = configs.PAPER_BEST_LEARNING_RATES[name]
+        for optimizer in (configs.base_optimizer(name, lr), configs.make_optimizer(name, lr)):
             updates, _ = optimizer.update(grads, optimizer.init(params), params)
             reference_updates, _ = reference.update(grads, reference.init(params), params)
             # make_optimizer holds the learning rate in float32 (optax.fromage's weight
@@ -132,16 +136,16 @@ def test_optimizers_and_presets_follow_the_protocol():
             jax.tree.map(
                 lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4), updates, reference_updates
             )
-    assert gan.learning_rate_grid("adam", (1 / 3, 1, 3)) == [3.33e-5, 1e-4, 3e-4]
-    assert gan.learning_rate_grid("fromage", (1 / 3, 1, 3)) == [0.00333, 0.01, 0.03]
-    cpu = gan.parse_args(["--preset", "cpu"])
-    assert cpu["dataset"] == "digits" and cpu["batch_size"] == 256 and cpu["seeds"] == (0, 1, 2)
-    assert cpu["lr_factors"] == (1 / 3, 1.0, 3.0, 10.0) and cpu["lr_decay_at"] == 0.9
-    assert gan.learning_rate_decay_step(cpu) == 14_500  # 0.9 x 16,000 rounded to 500s
+    assert configs.learning_rate_grid("adam", (1 / 3, 1, 3)) == [3.33e-5, 1e-4, 3e-4]
+    assert configs.learning_rate_grid("fromage", (1 / 3, 1, 3)) == [0.00333, 0.01, 0.03]
+    cpu = gan_cli.parse_args(["--preset", "cpu"])
+    assert cpu.dataset == "digits" and cpu.batch_size == 256 and cpu.seeds == (0, 1, 2)
+    assert cpu.lr_factors == (1 / 3, 1.0, 3.0, 10.0) and cpu.lr_decay_at == 0.9
+    assert configs.learning_rate_decay_step(cpu) == 14_500  # 0.9 x 16,000 rounded to 500s
     with pytest.raises(SystemExit):
-        gan.parse_args(["--optimizers", "rmsprop"])
+        gan_cli.parse_args(["--optimizers", "rmsprop"])
     with pytest.raises(SystemExit):
-        gan.parse_args(["--steps", "15", "--eval-every", "10"])
+        gan_cli.parse_args(["--steps", "15", "--eval-every", "10"])
 
 
 def _tiny_gan():
@@ -180,23 +184,23 @@ def test_networks_condition_on_labels():
 def test_hinge_losses():
     real, fake = jnp.array([2.0, 0.5, -1.0]), jnp.array([-2.0, 0.0, 1.0])
     # relu(1 - real) = (0, 0.5, 2); relu(1 + fake) = (0, 1, 2).
-    assert float(gan_models.discriminator_hinge_loss(real, fake)) == pytest.approx(2.5 / 3 + 1.0)
-    assert float(gan_models.generator_hinge_loss(fake)) == pytest.approx(1.0 / 3)
+    assert float(gan_step.discriminator_hinge_loss(real, fake)) == pytest.approx(2.5 / 3 + 1.0)
+    assert float(gan_step.generator_hinge_loss(fake)) == pytest.approx(1.0 / 3)
 
 
 @pytest.mark.parametrize("name", ["fromage", "adam", "sgd"])
 def test_train_step_is_pure_and_uses_the_learning_rate_in_its_state(name):
     generator, discriminator, batch = _tiny_gan()
-    lr = gan.PAPER_BEST_LEARNING_RATES[name]
-    optimizer = gan.make_optimizer(name, lr)
-    moving = gan_models.init_gan_state(
+    lr = configs.PAPER_BEST_LEARNING_RATES[name]
+    optimizer = configs.make_optimizer(name, lr)
+    moving = gan_step.init_gan_state(
         generator, discriminator, optimizer, jax.random.key(0), latent_size=5
     )
     state = moving._replace(
-        generator_opt_state=training.with_learning_rate(moving.generator_opt_state, 0.0),
-        discriminator_opt_state=training.with_learning_rate(moving.discriminator_opt_state, 0.0),
+        generator_opt_state=optimizers.with_learning_rate(moving.generator_opt_state, 0.0),
+        discriminator_opt_state=optimizers.with_learning_rate(moving.discriminator_opt_state, 0.0),
     )
-    step = jax.jit(gan_models.make_train_step(generator, discriminator, optimizer, latent_size=5))
+    step = jax.jit(gan_step.make_train_step(generator, discriminator, optimizer, latent_size=5))
     frozen, metrics = step(state, batch)
     # Learning rate 0: nothing moves but the key and the step count.
     jax.tree.map(np.testing.assert_array_equal, frozen.generator_params, state.generator_params)
@@ -241,19 +245,19 @@ def test_best_learning_rate_summary_and_comparison():
         _fake_run("adam", "seeds", 1e-4, 0, 2.0),
         _fake_run("adam", "seeds", 1e-4, 1, 4.0),
     ]
-    assert gan.best_learning_rate(runs[:3]) == 0.01
-    summaries = gan.summarize(runs, ["fromage", "adam", "sgd"])
+    assert report.best_learning_rate(runs[:3]) == 0.01
+    summaries = report.summarize(runs, ["fromage", "adam", "sgd"])
     assert [s["optimizer"] for s in summaries] == ["fromage", "adam"]
     fromage = summaries[0]
     assert fromage["frechet_distance_mean"] == pytest.approx(4.0)
     assert fromage["frechet_distance_std"] == pytest.approx(np.sqrt(2.0))
     assert fromage["generated_accuracy_mean"] == pytest.approx(0.8)
     assert fromage["grid_frechet_distance"]["0.01"] == 3.0
-    comparison = gan.fromage_versus_adam(summaries)
+    comparison = report.fromage_versus_adam(summaries)
     # Fromage 4 ± 1.41 vs Adam 3 ± 1.41: 1 above Adam's mean, within one std.
     assert comparison["fromage_minus_adam"] == pytest.approx(1.0)
     assert comparison["fromage_within_one_std_or_better"] is True
     runs[3]["frechet_distance"] = 6.0
-    comparison = gan.fromage_versus_adam(gan.summarize(runs, ["fromage", "adam"]))
+    comparison = report.fromage_versus_adam(report.summarize(runs, ["fromage", "adam"]))
     assert comparison["fromage_within_one_std_or_better"] is False
-    assert gan.fromage_versus_adam(summaries[1:]) is None
+    assert report.fromage_versus_adam(summaries[1:]) is None

@@ -1,4 +1,4 @@
-"""Tests for benchmarks/gpt.py: shapes, parameter counts, causality, scan equivalence."""
+"""Tests for benchmarks/models/gpt.py: shapes, parameter counts, causality, scan equivalence."""
 
 import chex
 import jax
@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import fromage_optax
-from benchmarks import gpt
+from benchmarks.models import gpt
 
 
 def _expected_parameter_count(config: gpt.GPTConfig) -> int:

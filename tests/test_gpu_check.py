@@ -65,15 +65,19 @@ def test_tiny_run_writes_every_section(tmp_path):
 
 
 def test_full_run_uses_presets_that_exist():
-    from benchmarks import depth, gpt, step_speed, transformer
+    from benchmarks.depth import __main__ as depth_cli
+    from benchmarks.depth import configs as depth_configs
+    from benchmarks.models import gpt
+    from benchmarks.step_speed import configs as step_speed_configs
+    from benchmarks.transformer import configs as transformer_configs
 
     text = SCRIPT.read_text()
-    assert "SS=(--preset gpu)" in text and "gpu" in step_speed.PRESETS
-    assert "TRANSFORMER=(--preset gpu --steps 300)" in text and "gpu" in transformer.PRESETS
-    assert gpt.gpt_config(transformer.PRESETS["gpu"].model).num_layers == 16
-    assert "--preset paper" in text and "paper" in depth.PRESETS
-    config = depth.parse_args(
+    assert "SS=(--preset gpu)" in text and "gpu" in step_speed_configs.PRESETS
+    assert "TRANSFORMER=(--preset gpu --steps 300)" in text and "gpu" in transformer_configs.PRESETS
+    assert gpt.gpt_config(transformer_configs.PRESETS["gpu"].model).num_layers == 16
+    assert "--preset paper" in text and "paper" in depth_configs.PRESETS
+    config = depth_cli.parse_args(
         ["--preset", "paper", "--dataset", "digits", "--width", "784", "--depths", "35"]
         + ["--epochs", "10", "--optimizers", "fromage"]
     )
-    assert (config["width"], config["depths"], config["dataset"]) == (784, (35,), "digits")
+    assert (config.width, config.depths, config.dataset) == (784, (35,), "digits")

@@ -10,7 +10,8 @@ import optax
 import pytest
 from flax import nnx
 
-from benchmarks import mlp, mlp_linen, mlp_nnx, training
+from benchmarks import mlp_linen, mlp_nnx, optimizers, training
+from benchmarks.models import mlp
 
 
 def test_torch_init_draws_weights_and_biases_from_fan_in_uniform():
@@ -67,7 +68,7 @@ def _toy_data(num_examples=40, seed=0):
 def test_epoch_fn_matches_a_python_loop_of_train_steps():
     data = _toy_data()
     indices = np.arange(40, dtype=np.int32).reshape(4, 10)[::-1]
-    state = _linen_state(training.make_optimizer("fromage", 0.05))
+    state = _linen_state(optimizers.make_optimizer("fromage", 0.05))
     scanned, metrics = training.make_epoch_fn(training.classifier_train_step)(state, data, indices)
     looped = state
     step = jax.jit(training.classifier_train_step)
@@ -87,7 +88,7 @@ def test_epoch_fn_matches_a_python_loop_of_train_steps():
 
 def test_fromage_moves_every_weight_matrix_by_about_the_learning_rate():
     data = _toy_data()
-    state = _linen_state(training.make_optimizer("fromage", 0.02))
+    state = _linen_state(optimizers.make_optimizer("fromage", 0.02))
     state, metrics = jax.jit(training.classifier_train_step)(state, data)
     # ‖ΔW‖/‖W‖ = η/√(1+η²)·‖W/‖W‖ − ĝ‖·… ≈ η up to the norm-control factor.
     assert 0.015 < float(metrics["max_relative_update_norm"]) < 0.03
@@ -95,15 +96,15 @@ def test_fromage_moves_every_weight_matrix_by_about_the_learning_rate():
 
 
 def test_train_step_without_monitor_reports_only_loss_and_accuracy():
-    state = _linen_state(training.make_optimizer("sgd", 0.1, monitor=False))
+    state = _linen_state(optimizers.make_optimizer("sgd", 0.1, monitor=False))
     _, metrics = jax.jit(training.classifier_train_step)(state, _toy_data())
     assert sorted(metrics) == ["accuracy", "loss"]
 
 
 def test_with_learning_rate_changes_the_injected_learning_rate():
-    optimizer = training.make_optimizer("sgd", 0.1, injectable=True)
+    optimizer = optimizers.make_optimizer("sgd", 0.1, injectable=True)
     state = _linen_state(optimizer)
-    slow = state.replace(opt_state=training.with_learning_rate(state.opt_state, 0.0))
+    slow = state.replace(opt_state=optimizers.with_learning_rate(state.opt_state, 0.0))
     data = _toy_data()
     step = jax.jit(training.classifier_train_step)
     new_slow, _ = step(slow, data)
@@ -114,8 +115,8 @@ def test_with_learning_rate_changes_the_injected_learning_rate():
 
 def test_make_optimizer_rejects_unknown_names():
     with pytest.raises(ValueError, match="Unknown optimizer"):
-        training.make_optimizer("lamb", 0.1)
-    assert isinstance(training.make_optimizer("adam", 1e-3), optax.GradientTransformation)
+        optimizers.make_optimizer("lamb", 0.1)
+    assert isinstance(optimizers.make_optimizer("adam", 1e-3), optax.GradientTransformation)
 
 
 def _check_outputs(out, stem, results, optimizer_names):

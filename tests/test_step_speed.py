@@ -1,21 +1,23 @@
-"""benchmarks/step_speed.py runs end to end on its quick preset and writes complete results."""
+"""benchmarks/step_speed/ runs end to end on its quick preset and writes complete results."""
 
+import dataclasses
 import json
 
 import jax
 import numpy as np
 import pytest
 
-from benchmarks import step_speed
+from benchmarks.step_speed import __main__ as step_speed_cli
+from benchmarks.step_speed import configs, timing
 
 
 def test_parameter_trees_have_the_advertised_sizes():
-    few_large = step_speed.PRESETS["cpu"]["trees"]["few_large"]
-    many_small = step_speed.PRESETS["cpu"]["trees"]["many_small"]
+    few_large = configs.PRESETS["cpu"].trees["few_large"]
+    many_small = configs.PRESETS["cpu"].trees["many_small"]
     sizes = lambda spec: [int(np.prod(s)) for s in _shapes(spec)]
     assert sum(sizes(few_large)) == 50_000_000 and len(sizes(few_large)) == 100
     assert sum(sizes(many_small)) == 2_000_000 and len(sizes(many_small)) == 2000
-    tree = step_speed.parameter_tree({"pairs": 3, "kernel": (4, 5)}, "bfloat16", seed=0)
+    tree = timing.parameter_tree({"pairs": 3, "kernel": (4, 5)}, "bfloat16", seed=0)
     assert len(tree) == 3 and tree["layer_0000"]["kernel"].shape == (4, 5)
     assert tree["layer_0002"]["bias"].dtype == jax.numpy.bfloat16
 
@@ -27,18 +29,20 @@ def _shapes(spec):
 
 
 def test_quick_preset_writes_table_json_and_plot(tmp_path, capsys):
-    step_speed.run(
-        "quick",
-        tmp_path,
-        repeats=2,
-        optimizers=[
-            "fromage",
-            "fromage p_bound=2",
-            "fromage p_bound=2, at the bound",
-            "optax.fromage",
-            "optax.adam",
-        ],
-        trees=["many_small", "gpt"],
+    step_speed_cli.run(
+        dataclasses.replace(
+            configs.PRESETS["quick"],
+            out=str(tmp_path),
+            repeats=2,
+            optimizers=(
+                "fromage",
+                "fromage p_bound=2",
+                "fromage p_bound=2, at the bound",
+                "optax.fromage",
+                "optax.adam",
+            ),
+            tree_names=("many_small", "gpt"),
+        )
     )
     results = json.loads((tmp_path / "step_speed.json").read_text())
     assert (tmp_path / "step_speed.png").stat().st_size > 0
@@ -66,9 +70,9 @@ def test_quick_preset_writes_table_json_and_plot(tmp_path, capsys):
 
 
 def test_at_the_bound_contender_starts_at_its_bound():
-    params = step_speed.parameter_tree({"leaves": 3, "shape": (4, 5)}, "float32", seed=0)
-    scale = step_speed.INIT_SCALE["fromage p_bound=2, at the bound"]
-    state = step_speed.OPTIMIZERS["fromage p_bound=2, at the bound"]().init(
+    params = timing.parameter_tree({"leaves": 3, "shape": (4, 5)}, "float32", seed=0)
+    scale = configs.INIT_SCALE["fromage p_bound=2, at the bound"]
+    state = configs.OPTIMIZERS["fromage p_bound=2, at the bound"]().init(
         jax.tree.map(lambda x: x * scale, params)
     )
     norms = [np.linalg.norm(np.asarray(w, np.float64)) for w in jax.tree.leaves(params)]
@@ -78,14 +82,14 @@ def test_at_the_bound_contender_starts_at_its_bound():
 def test_memory_traffic_floor():
     # SGD reads W and g and writes W'; Fromage reads both once more for the norms; Adam's
     # moments are read and written on top.
-    assert step_speed.minimal_traffic_bytes("optax.sgd", 100, 4) == 3 * 100 + 2 * 4
-    assert step_speed.minimal_traffic_bytes("fromage", 100, 4) == 5 * 100 + 2 * 4
-    assert step_speed.minimal_traffic_bytes("optax.adam", 100, 204) == 3 * 100 + 2 * 204
-    assert step_speed.device_bandwidth_gbs("NVIDIA H100 80GB HBM3") == 3350
-    assert step_speed.device_bandwidth_gbs("NVIDIA H100 PCIe") == 2000
-    assert step_speed.device_bandwidth_gbs("NVIDIA H200") == 4800
-    assert step_speed.device_bandwidth_gbs("cpu") is None
-    rows = step_speed.time_optimizer_steps(
+    assert timing.minimal_traffic_bytes("optax.sgd", 100, 4) == 3 * 100 + 2 * 4
+    assert timing.minimal_traffic_bytes("fromage", 100, 4) == 5 * 100 + 2 * 4
+    assert timing.minimal_traffic_bytes("optax.adam", 100, 204) == 3 * 100 + 2 * 204
+    assert timing.device_bandwidth_gbs("NVIDIA H100 80GB HBM3") == 3350
+    assert timing.device_bandwidth_gbs("NVIDIA H100 PCIe") == 2000
+    assert timing.device_bandwidth_gbs("NVIDIA H200") == 4800
+    assert timing.device_bandwidth_gbs("cpu") is None
+    rows = timing.time_optimizer_steps(
         "tiny", {"leaves": 2, "shape": (3, 4)}, "float32", 1, ["optax.sgd"], bandwidth_gbs=1.0
     )
     assert rows[0]["floor_bytes"] == 3 * rows[0]["param_bytes"] + 2 * rows[0]["state_bytes"]

@@ -1,5 +1,6 @@
-"""Tests for benchmarks/transformer.py: the quick preset end to end, resume, grids, masks."""
+"""Tests for benchmarks/transformer/: the quick preset end to end, resume, grids, masks."""
 
+import dataclasses
 import json
 import math
 
@@ -8,7 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-from benchmarks import gpt, transformer
+import fromage_optax
+from benchmarks.models import gpt
+from benchmarks.transformer import __main__ as transformer_cli
+from benchmarks.transformer import configs, report
 
 RUN_FIELDS = {
     "best_validation_loss",
@@ -25,12 +29,12 @@ RUN_FIELDS = {
 
 @pytest.mark.slow
 def test_quick_preset_end_to_end(tmp_path, capsys):
-    summary = transformer.main(["--preset", "quick", "--out", str(tmp_path), "--no-progress"])
+    summary = transformer_cli.main(["--preset", "quick", "--out", str(tmp_path), "--no-progress"])
     results = json.loads((tmp_path / "transformer.json").read_text())
     assert (tmp_path / "transformer.png").stat().st_size > 1000
-    preset = transformer.PRESETS["quick"]
-    assert len(results["runs"]) == len(transformer.grid(preset, transformer.OPTIMIZER_NAMES))
-    assert {r["optimizer"] for r in results["runs"]} == set(transformer.OPTIMIZER_NAMES)
+    preset = configs.PRESETS["quick"]
+    assert len(results["runs"]) == len(configs.grid(preset, configs.OPTIMIZER_NAMES))
+    assert {r["optimizer"] for r in results["runs"]} == set(configs.OPTIMIZER_NAMES)
     assert results["parameters"] == gpt.gpt_parameter_count(gpt.gpt_config(preset.model))
     assert results["data"]["name"] == "pydoc_data.topics"
     initial_loss = math.log(256)
@@ -54,7 +58,7 @@ def test_quick_preset_end_to_end(tmp_path, capsys):
             assert history["max_relative_update_norm"][-1] == pytest.approx(
                 run["learning_rate"], rel=0.05
             )
-    assert [r["optimizer"] for r in results["best"]] == list(transformer.OPTIMIZER_NAMES)
+    assert [r["optimizer"] for r in results["best"]] == list(configs.OPTIMIZER_NAMES)
     assert summary["fromage_minus_adamw_best_validation_loss"] == pytest.approx(
         results["best"][0]["best_validation_loss"] - results["best"][1]["best_validation_loss"]
     )
@@ -69,9 +73,9 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     text_file.write_text("".join(f"{i} squared is {i * i}.\n" for i in range(400)))
     common = ["--preset", "quick", "--optimizers", "fromage", "--scan-layers", "--no-progress"]
     common += ["--data", str(text_file), "--checkpoint-every", "4"]
-    straight = transformer.main(common + ["--steps", "8", "--out", str(tmp_path / "straight")])
-    first_part = transformer.main(common + ["--steps", "4", "--out", str(tmp_path / "resumed")])
-    resumed = transformer.main(
+    straight = transformer_cli.main(common + ["--steps", "8", "--out", str(tmp_path / "straight")])
+    first_part = transformer_cli.main(common + ["--steps", "4", "--out", str(tmp_path / "resumed")])
+    resumed = transformer_cli.main(
         common + ["--steps", "8", "--resume", "--out", str(tmp_path / "resumed")]
     )
     assert straight["model"]["scan_layers"] and straight["data"]["name"] == str(text_file)
@@ -87,28 +91,28 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
 
 
 def test_grid_covers_every_setting():
-    preset = transformer.PRESETS["cpu"]
-    runs = transformer.grid(preset, transformer.OPTIMIZER_NAMES)
+    preset = configs.PRESETS["cpu"]
+    runs = configs.grid(preset, configs.OPTIMIZER_NAMES)
     fromage = {(r.learning_rate, r.p_bound) for r in runs if r.optimizer == "fromage"}
     assert fromage == {(lr, p) for lr in (0.01, 0.003) for p in (None, 1.0, 2.0)}
     assert sorted(r.learning_rate for r in runs if r.optimizer == "adamw") == [3e-4, 1e-3, 3e-3]
     assert len({r.name for r in runs}) == len(runs)
     with pytest.raises(ValueError, match="unknown optimizer"):
-        transformer.grid(preset, ["lion"])
+        configs.grid(preset, ["lion"])
 
 
 def test_cpu_preset_is_nanogpt_cpu_training():
-    preset = transformer.PRESETS["cpu"]
+    preset = configs.PRESETS["cpu"]
     assert (preset.steps, preset.batch_size) == (2000, 12)
     assert gpt.gpt_config(preset.model).context_length == 64
-    assert gpt.gpt_parameter_count(gpt.gpt_config(transformer.PRESETS["gpu"].model)) >= 1e8
+    assert gpt.gpt_parameter_count(gpt.gpt_config(configs.PRESETS["gpu"].model)) >= 1e8
 
 
 def test_matrix_mask_selects_weights_only():
     params = jax.eval_shape(
         lambda: gpt.init_gpt_params(gpt.gpt_config("quick", scan_layers=True), jax.random.key(0))
     )
-    mask = transformer.matrix_mask(params)
+    mask = configs.matrix_mask(params)
     selected = {
         jax.tree_util.keystr(path)
         for path, chosen in jax.tree_util.tree_leaves_with_path(mask)
@@ -126,7 +130,7 @@ def test_best_per_optimizer_skips_diverged_runs():
 
     results = [result("adamw", math.nan), result("adamw", 2.0), result("adamw", 1.5)]
     results += [result("fromage", 1.7)]
-    best = transformer.best_per_optimizer(results)
+    best = report.best_per_optimizer(results)
     assert [(r["optimizer"], r["best_validation_loss"]) for r in best] == [
         ("fromage", 1.7),
         ("adamw", 1.5),
@@ -135,49 +139,47 @@ def test_best_per_optimizer_skips_diverged_runs():
 
 def test_data_and_data_dir_are_exclusive(tmp_path):
     with pytest.raises(SystemExit):
-        transformer.main(["--data", "a.txt", "--data-dir", str(tmp_path)])
+        transformer_cli.main(["--data", "a.txt", "--data-dir", str(tmp_path)])
 
 
 def test_unknown_run_name_rejected(capsys):
     with pytest.raises(SystemExit):
-        transformer.main(["--preset", "quick", "--runs", "fromage_lr9"])
+        transformer_cli.main(["--preset", "quick", "--runs", "fromage_lr9"])
     assert "not in the grid" in capsys.readouterr().err
 
 
 def test_cosine_fromage_runs_are_named_and_scheduled():
-    preset = transformer.dataclasses.replace(
-        transformer.PRESETS["quick"], fromage_schedules=("constant", "cosine")
-    )
-    names = [r.name for r in transformer.grid(preset, ["fromage"])]
+    preset = dataclasses.replace(configs.PRESETS["quick"], fromage_schedules=("constant", "cosine"))
+    names = [r.name for r in configs.grid(preset, ["fromage"])]
     assert names == ["fromage_lr0.01_p1", "fromage_lr0.01_p1_cosine"]
-    cosine = transformer.RunSpec("fromage", 0.1, None, "cosine")
-    optimizer = transformer.make_optimizer(cosine, steps=10, warmup_steps=2)
+    cosine = configs.RunSpec("fromage", 0.1, None, "cosine")
+    optimizer = configs.make_optimizer(cosine, steps=10, warmup_steps=2)
     params = {"kernel": jax.numpy.ones((3, 3))}  # a name the monitor's mask selects
     state = optimizer.init(params)
     grads = {"kernel": jax.numpy.ones((3, 3))}
     ratios = []
     for _ in range(3):
         updates, state = optimizer.update(grads, state, params)
-        ratios.append(float(transformer.relative_trust_metrics(state)["max_relative_update_norm"]))
+        ratios.append(
+            float(fromage_optax.relative_trust_metrics(state)["max_relative_update_norm"])
+        )
     # Warm-up: no step at count 0, then lr/2, then about lr (Fromage's relative step is ~η).
     np.testing.assert_allclose(ratios, [0.0, 0.05, 0.1], rtol=0.06, atol=1e-7)
 
 
 def test_fromage_momentum_variant_is_separate():
-    preset = transformer.dataclasses.replace(
-        transformer.PRESETS["quick"], fromage_momenta=(None, 0.9)
-    )
-    runs = transformer.grid(preset, ["fromage"])
+    preset = dataclasses.replace(configs.PRESETS["quick"], fromage_momenta=(None, 0.9))
+    runs = configs.grid(preset, ["fromage"])
     assert [r.name for r in runs] == ["fromage_lr0.01_p1", "fromage_lr0.01_p1_m0.9"]
-    optimizer = transformer.make_optimizer(runs[1], steps=10, warmup_steps=2)
+    optimizer = configs.make_optimizer(runs[1], steps=10, warmup_steps=2)
     state = optimizer.init({"kernel": jax.numpy.ones(3)})
     assert isinstance(state[0][0], optax.TraceState)
 
     def result(momentum, loss):
         return {"optimizer": "fromage", "momentum": momentum, "best_validation_loss": loss}
 
-    best = transformer.best_per_optimizer([result(0.9, 1.0), result(None, 2.0), result(None, 1.5)])
-    assert [(transformer.variant(r), r["best_validation_loss"]) for r in best] == [
+    best = report.best_per_optimizer([result(0.9, 1.0), result(None, 2.0), result(None, 1.5)])
+    assert [(report.variant(r), r["best_validation_loss"]) for r in best] == [
         ("fromage", 1.5),
         ("fromage+momentum", 1.0),
     ]

@@ -1,0 +1,85 @@
+"""The step-speed benchmark's outputs: the console tables, ``step_speed.json`` and the plot."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+
+from benchmarks import reporting
+
+
+def bar_plot(path: Path, rows: list[dict], names: list[str], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["tree"], r["dtype"]) for r in rows}, key=lambda g: (g[1], g[0]))
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        ratios = [
+            next(
+                r["x_sgd"] for r in rows if (r["tree"], r["dtype"]) == g and r["optimizer"] == name
+            )
+            for g in groups
+        ]
+        ax.bar(np.arange(len(groups)) + j * width, ratios, width, label=name)
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
+    ax.set_xticklabels([f"{t}\n{d}" for t, d in groups], fontsize=8)
+    ax.set_ylabel("step time / optax.sgd step time")
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=3)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def machine(bandwidth_gbs: float | None) -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
+        "bandwidth_gbs": bandwidth_gbs,
+        "jax": jax.__version__,
+        "optax": optax.__version__,
+    }
+
+
+def print_tables(rows: list[dict], train_rows: list[dict]) -> None:
+    columns = ["tree", "dtype", "params", "leaves", "optimizer", "ms", "x_sgd"]
+    columns += ["floor_ms", "x_floor", "state_bytes", "compile_s"]
+    print(reporting.format_table(rows, columns))
+    print()
+    print(
+        reporting.format_table(
+            train_rows, ["model", "params", "optimizer", "ms", "x_sgd", "compile_s"]
+        )
+    )
+
+
+def write_outputs(config, rows: list[dict], train_rows: list[dict], names: list[str]) -> dict:
+    """Writes step_speed.json and step_speed.png into ``config.out``, prints the tables."""
+    results = {
+        "preset": config.preset,
+        "repeats": config.repeats,
+        "machine": machine(config.bandwidth_gbs),
+        "optimizer_steps": rows,
+        "train_steps": train_rows,
+    }
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    reporting.write_json(out / "step_speed.json", results)
+    bar_plot(
+        out / "step_speed.png", rows, names, f"Optimiser step time on {jax.devices()[0].platform}"
+    )
+    print_tables(rows, train_rows)
+    return results

@@ -1,0 +1,240 @@
+"""The transformer experiment's presets, its grid of runs and each run's optimiser."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import optax
+
+from benchmarks import optimizers
+
+OPTIMIZER_NAMES = ("fromage", "adamw", "sgd", "optax_fromage")
+LABELS = {
+    "fromage": "fromage_optax.fromage",
+    "adamw": "optax.adamw",
+    "sgd": "optax.sgd (momentum 0.9)",
+    "optax_fromage": "optax.fromage",
+}
+# Leaves that are weight matrices (the "layers" of deep relative trust, and the
+# leaves AdamW decays); biases and LayerNorm parameters are left out.
+MATRIX_LEAF_NAMES = ("kernel", "embedding", "position_embedding")
+
+
+def _lrs(flag: str) -> dict:
+    return {"aliases": (flag,)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run of the experiment fixes: the model, the training, the grids, the data.
+
+    Attributes:
+      model: name of the `benchmarks.models.gpt.gpt_config` preset.
+      steps: optimiser steps of every run.
+      batch_size: sequences per step.
+      eval_interval: steps between evaluations (there is one at step 0 and at the end).
+      max_eval_batches: cap on evaluation batches per split (windows are spread evenly).
+      eval_batch_size: sequences per evaluation batch.
+      warmup_steps: linear warm-up of the AdamW and SGD schedules.
+      fromage_learning_rates, fromage_p_bounds, adamw_learning_rates,
+      sgd_learning_rates, optax_fromage_learning_rates: the grids.
+      fromage_schedules: "constant" (the paper) and/or "cosine" for fromage_optax.fromage.
+      fromage_momenta: None (the paper) and/or β: fromage_optax.fromage fed the
+        gradients' exponential moving average ``optax.trace(β)`` (a variant).
+      optimizers: which of `OPTIMIZER_NAMES` run.
+      scan_layers, dtype, init: override the model preset's (None: keep it).
+      data, data_dir: a UTF-8 text file (split 90/10), or a WikiText-2 folder;
+        neither: the text Python ships.
+      checkpoint_every: Orbax checkpoint period in steps (0: none).
+    """
+
+    model: str
+    steps: int
+    batch_size: int
+    eval_interval: int
+    max_eval_batches: int
+    eval_batch_size: int
+    warmup_steps: int
+    fromage_learning_rates: tuple[float, ...] = dataclasses.field(
+        default=(0.01, 0.003), metadata=_lrs("--fromage-lrs")
+    )
+    fromage_p_bounds: tuple[float | None, ...] = dataclasses.field(
+        default=(None, 1.0, 2.0), metadata={"help": "numbers or 'none', e.g. none 1.0 2.0"}
+    )
+    adamw_learning_rates: tuple[float, ...] = dataclasses.field(
+        default=(3e-3, 1e-3, 3e-4), metadata=_lrs("--adamw-lrs")
+    )
+    sgd_learning_rates: tuple[float, ...] = dataclasses.field(
+        default=(1.0, 0.3, 0.1), metadata=_lrs("--sgd-lrs")
+    )
+    optax_fromage_learning_rates: tuple[float, ...] = dataclasses.field(
+        default=(0.01, 0.003), metadata=_lrs("--optax-fromage-lrs")
+    )
+    fromage_schedules: tuple[str, ...] = dataclasses.field(
+        default=("constant",), metadata={"choices": ("constant", "cosine")}
+    )
+    fromage_momenta: tuple[float | None, ...] = dataclasses.field(
+        default=(None,), metadata={"help": "'none' (the paper) and/or β: along optax.trace(β)"}
+    )
+    optimizers: tuple[str, ...] = dataclasses.field(
+        default=OPTIMIZER_NAMES, metadata={"choices": OPTIMIZER_NAMES}
+    )
+    seed: int = 0
+    scan_layers: bool | None = dataclasses.field(
+        default=None, metadata={"help": "stack the blocks with nn.scan, per-layer layer_axes"}
+    )
+    dtype: str | None = dataclasses.field(
+        default=None, metadata={"choices": ("float32", "bfloat16")}
+    )
+    init: str | None = dataclasses.field(default=None, metadata={"choices": ("gpt2", "lecun")})
+    data: str | None = dataclasses.field(
+        default=None, metadata={"help": "a UTF-8 text file, split 90/10 into train/validation"}
+    )
+    data_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "a folder with wiki.{train,valid,test}.tokens or .raw"}
+    )
+    checkpoint_every: int = 0
+    out: str = "runs/transformer"
+    preset: str = dataclasses.field(default="", metadata={"flag": False})
+
+    def __post_init__(self):
+        if self.data is not None and self.data_dir is not None:
+            raise ValueError("--data and --data-dir are exclusive: give one")
+
+    def model_overrides(self) -> dict:
+        """The model fields this config sets (for ``gpt.gpt_config(model, **...)``)."""
+        fields = {"scan_layers": self.scan_layers, "dtype": self.dtype, "init": self.init}
+        return {key: value for key, value in fields.items() if value is not None}
+
+
+PRESETS = {
+    "quick": Config(
+        model="tiny",
+        steps=12,
+        batch_size=4,
+        eval_interval=6,
+        max_eval_batches=2,
+        eval_batch_size=8,
+        warmup_steps=2,
+        fromage_learning_rates=(0.01,),
+        fromage_p_bounds=(1.0,),
+        adamw_learning_rates=(1e-3,),
+        sgd_learning_rates=(0.1,),
+        optax_fromage_learning_rates=(0.01,),
+    ),
+    # nanoGPT's CPU configuration: 4 layers, 4 heads, width 128, context 64, batch 12, 2000 steps.
+    "cpu": Config(
+        model="cpu",
+        steps=2000,
+        batch_size=12,
+        eval_interval=250,
+        max_eval_batches=5,
+        eval_batch_size=48,
+        warmup_steps=100,
+    ),
+    # ≈114M parameters; for one GPU/TPU, ideally on WikiText-2 (--data-dir).
+    "gpu": Config(
+        model="gpu",
+        steps=5000,
+        batch_size=32,
+        eval_interval=500,
+        max_eval_batches=32,
+        eval_batch_size=32,
+        warmup_steps=200,
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One training run: an optimiser at one setting."""
+
+    optimizer: str
+    learning_rate: float
+    p_bound: float | None = None
+    schedule: str = "constant"  # or "cosine": warm-up + cosine decay to lr/10
+    momentum: float | None = None  # fromage only: Fromage steps along an EMA of gradients
+
+    @property
+    def name(self) -> str:
+        name = f"{self.optimizer}_lr{self.learning_rate:g}"
+        if self.optimizer == "fromage":
+            name += f"_p{self.p_bound:g}" if self.p_bound is not None else "_pNone"
+        if self.optimizer == "fromage" and self.momentum is not None:
+            name += f"_m{self.momentum:g}"
+        if self.optimizer in ("fromage", "optax_fromage") and self.schedule != "constant":
+            name += f"_{self.schedule}"
+        return name
+
+
+def grid(config: Config, names: Sequence[str]) -> list[RunSpec]:
+    """Every run of the config's grids for the optimisers `names`."""
+    runs = []
+    for name in names:
+        if name == "fromage":
+            runs += [
+                RunSpec(name, lr, p, schedule, momentum)
+                for momentum in config.fromage_momenta
+                for schedule in config.fromage_schedules
+                for lr in config.fromage_learning_rates
+                for p in config.fromage_p_bounds
+            ]
+        elif name == "adamw":
+            runs += [RunSpec(name, lr, schedule="cosine") for lr in config.adamw_learning_rates]
+        elif name == "sgd":
+            runs += [RunSpec(name, lr, schedule="cosine") for lr in config.sgd_learning_rates]
+        elif name == "optax_fromage":
+            runs += [RunSpec(name, lr) for lr in config.optax_fromage_learning_rates]
+        else:
+            raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZER_NAMES}")
+    return runs
+
+
+def matrix_mask(params: Any) -> Any:
+    """True for weight matrices and embeddings, False for biases and LayerNorm parameters."""
+
+    def is_matrix(path, _):
+        return getattr(path[-1], "key", None) in MATRIX_LEAF_NAMES
+
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
+
+
+def make_optimizer(
+    run: RunSpec, *, steps: int, warmup_steps: int, layer_axes: Any = None
+) -> optax.GradientTransformation:
+    """The optimiser of `run`, followed by `monitor_relative_trust` over the weight matrices.
+
+    Fromage (both implementations) runs at a constant learning rate, as in the
+    paper, unless ``run.schedule`` is "cosine" (the same warm-up + cosine as
+    the others), and sees the raw gradients unless ``run.momentum`` is set:
+    then ``optax.chain(optax.trace(momentum), fromage(...))``, Fromage's
+    per-layer relative step along a moving average of the gradients (not in
+    the paper). AdamW (weight decay 0.1 on matrices, β₂ = 0.99, as nanoGPT)
+    and SGD (momentum 0.9) use warm-up + cosine and clip the global gradient
+    norm at 1; clipping would not change a Fromage step, which ignores
+    gradient scale.
+    """
+    if run.schedule == "cosine":
+        learning_rate = optimizers.warmup_cosine(run.learning_rate, warmup_steps, steps)
+    elif run.schedule == "constant":
+        learning_rate = run.learning_rate
+    else:
+        raise ValueError(f"unknown schedule {run.schedule!r}; choose 'constant' or 'cosine'")
+    options = {
+        "fromage": {"p_bound": run.p_bound, "layer_axes": layer_axes, "momentum": run.momentum},
+        "adamw": {"b2": 0.99, "weight_decay": 0.1, "mask": matrix_mask, "clip_norm": 1.0},
+        "sgd": {"momentum": 0.9, "clip_norm": 1.0},
+        "optax_fromage": {},
+    }
+    if run.optimizer not in options:
+        raise ValueError(f"unknown optimizer {run.optimizer!r}; choose from {OPTIMIZER_NAMES}")
+    return optimizers.make_optimizer(
+        run.optimizer,
+        learning_rate,
+        monitor_mask=matrix_mask,
+        monitor_layer_axes=layer_axes,
+        **options[run.optimizer],
+    )
