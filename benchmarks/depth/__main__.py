@@ -14,7 +14,7 @@ import jax
 
 from benchmarks import cli, reporting
 from benchmarks import data as data_lib
-from benchmarks.depth import configs
+from benchmarks.depth import configs, pieces, pieces_report
 from benchmarks.depth.report import report_only, write_outputs
 from benchmarks.depth.train import train_grid
 
@@ -54,6 +54,35 @@ def sweep(config: configs.Config, dataset) -> list[dict]:
     return runs
 
 
+def sweep_pieces(config: configs.Config, dataset) -> dict:
+    """Trains the pieces not finished yet (resuming a checkpointed one), rewriting the report
+    after each; stops at ``stop_after_seconds`` or when a piece stops early."""
+    deadline = None
+    if config.stop_after_seconds is not None:
+        deadline = time.time() + config.stop_after_seconds
+    todo = [p for p in pieces.all_pieces(config) if pieces.load_finished(config, p) is None]
+    print(f"{len(todo)} pieces to train: {', '.join(p.name for p in todo)}", flush=True)
+    for piece in todo:
+        if deadline is not None and time.time() >= deadline:
+            break
+        result = pieces.train_piece(config, dataset, piece, deadline)
+        if result is None:
+            print(f"{piece.name}: stopped early, checkpointed; rerun to resume", flush=True)
+            break
+        best = {step: entry for step, entry in result["best_at"].items() if entry}
+        print(
+            f"{piece.name}: finished in {result['wall_seconds']:.0f} s "
+            f"(+{result['compile_seconds']:.1f} s compile); best "
+            + ", ".join(
+                f"{s}: {e['train_accuracy']:.3f} (lr {e['learning_rate']:g})"
+                for s, e in best.items()
+            ),
+            flush=True,
+        )
+        pieces_report.write_pieces_outputs(config)
+    return pieces_report.write_pieces_outputs(config)
+
+
 def main(argv=None) -> dict:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -64,11 +93,16 @@ def main(argv=None) -> dict:
     print(
         f"depth sweep on {dataset.name} ({len(dataset.train_images)} train images), "
         f"width {config.width}, depths {list(config.depths)}, {config.epochs} epochs, "
-        f"batch {config.batch_size}, lr x{config.lr_decay}/epoch, seeds "
+        f"batch {config.batch_size}, lr x{config.lr_decay} per "
+        f"{config.lr_decay_every_steps or 'epoch of'} steps, seeds "
         f"{list(config.seeds)}, optimizers {list(config.optimizers)}, "
         f"{jax.devices()[0].platform}",
         flush=True,
     )
+    if config.pieces:
+        summary = sweep_pieces(config, dataset)
+        print(reporting.format_table(summary["rows"]))
+        return summary
     start = time.perf_counter()
     runs = sweep(config, dataset)
     summary = write_outputs(config, runs, finished=True)

@@ -57,6 +57,15 @@ def _epoch_indices_fn(config: Config, grid, num_examples: int):
     return epoch_indices, rngs
 
 
+def learning_rates_at(config: Config, grid_lrs, epoch: int, steps_per_epoch: int):
+    """The grid's learning rates during `epoch` (0-based): x lr_decay once per epoch, or once
+    per ``lr_decay_every_steps`` steps (a staircase, counted at the epoch's first step)."""
+    decays = epoch
+    if config.lr_decay_every_steps is not None:
+        decays = epoch * steps_per_epoch // config.lr_decay_every_steps
+    return grid_lrs * np.float32(config.lr_decay) ** decays
+
+
 class Grid:
     """Everything one (optimiser, depth, width) grid trains with: the stacked state of all its
     (learning rate, seed) models, the data on the device, the batch order and the compiled
@@ -97,7 +106,7 @@ class Grid:
                 training.make_epoch_fn(step).lower(state, self.data, indices).compile()
             )
             self.compile_seconds = time.perf_counter() - start
-        lrs = self.grid_lrs * np.float32(self.config.lr_decay) ** epoch
+        lrs = learning_rates_at(self.config, self.grid_lrs, epoch, self.steps_per_epoch)
         state = state.replace(opt_state=optimizers.with_learning_rate(state.opt_state, lrs))
         state, step_metrics = self._run_epoch(state, self.data, indices)
         # Means over the epoch's steps, one per model (train accuracy: the paper's metric).
