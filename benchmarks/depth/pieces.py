@@ -8,7 +8,7 @@ from its Orbax checkpoint in ``<out>/checkpoints/<piece>/``: the stacked
 TrainState, the per-epoch history and, as JSON, the epoch reached, the data
 RNGs' state and the wall time spent. A checkpoint is written every
 ``checkpoint_every_epochs`` epochs and when a run stops early
-(``stop_after_seconds``, ``max_epochs_this_run``), so a resumed piece gives the
+(``stop_after_seconds``, ``max_epochs_this_run``, SIGTERM), so a resumed piece gives the
 numbers of an uninterrupted one, bitwise on CPU.
 """
 
@@ -133,9 +133,10 @@ def _meta(config: Config, grid: Grid, seconds: float, resumed_at: list[int]) -> 
     }
 
 
-def train_piece(config: Config, dataset, piece: Piece, deadline: float | None = None):
-    """Trains (or resumes) `piece` until it finishes, `deadline` (time.time()) passes or
-    ``max_epochs_this_run`` epochs ran; returns its result dict if it finished, else None."""
+def train_piece(config: Config, dataset, piece: Piece, should_stop=None):
+    """Trains (or resumes) `piece` until it finishes, ``should_stop()`` turns true (checked
+    after every epoch) or ``max_epochs_this_run`` epochs ran; returns its result dict if it
+    finished, else None (after checkpointing)."""
     grid = Grid(config, dataset, piece.optimizer, piece.depth, piece.width, piece.learning_rates)
     history = {k: np.full((config.epochs, len(grid.grid)), np.nan) for k in HISTORY_KEYS}
     manager = _checkpoint_manager(config, piece)
@@ -151,7 +152,7 @@ def train_piece(config: Config, dataset, piece: Piece, deadline: float | None = 
         last_epoch = min(last_epoch, first_epoch + config.max_epochs_this_run)
     start, epoch = time.perf_counter(), first_epoch
     spent = lambda: seconds + time.perf_counter() - start - grid.compile_seconds  # noqa: E731
-    while epoch < last_epoch and (deadline is None or time.time() < deadline):
+    while epoch < last_epoch and not (should_stop is not None and should_stop()):
         state, means = grid.epoch(state, epoch)
         for key in HISTORY_KEYS:
             history[key][epoch] = means[key]
