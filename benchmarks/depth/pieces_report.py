@@ -83,7 +83,9 @@ def deepest_rows(config: Config, best: dict) -> list[dict]:
     for width in _widths(config):
         for optimizer in config.optimizers:
             row = {"optimizer": optimizer, "width": width, "depth": "deepest ≥ 90 %"}
-            below = f"< {min(listed_depths(config, optimizer, width))}"
+            smallest = min(listed_depths(config, optimizer, width))
+            # Below the list only if its smallest depth finished (and missed 90 %).
+            below = f"< {smallest}" if (optimizer, width, smallest) in best else "-"
             for step in config.milestone_steps:
                 contiguous, alone = deepest(best, config, optimizer, width, str(step))
                 text = f"{contiguous or below}"
@@ -141,7 +143,8 @@ def _save(plt, fig, ax, path: Path, title: str) -> None:
 
 
 COLORS = {"sgd": "tab:blue", "adam": "tab:orange", "fromage": "tab:green"}
-WIDTH_STYLES = ("-", ":", "-.")
+WIDTH_STYLES = (("-", "o"), (":", "s"), ("-.", "^"))
+AUTHORS_LABEL = "{} (authors: MNIST, width 784)"
 
 
 def write_deepest_plot(config: Config, best: dict, path: Path) -> None:
@@ -151,23 +154,24 @@ def write_deepest_plot(config: Config, best: dict, path: Path) -> None:
     steps = list(config.milestone_steps)
     for optimizer in config.optimizers:
         color = COLORS.get(optimizer)
-        for width, style in zip(_widths(config), WIDTH_STYLES, strict=False):
+        for width, (style, marker) in zip(_widths(config), WIDTH_STYLES, strict=False):
             depths = listed_depths(config, optimizer, width)
             ours = [deepest(best, config, optimizer, width, str(s))[0] for s in steps]
             if not any((optimizer, width, d) in best for d in depths):
                 continue
             label = f"{LABELS[optimizer]}, width {width}"
-            ax.plot(steps, [d if d else float("nan") for d in ours], style, c=color, marker="o",
-                    label=label)  # fmt: skip
+            ax.plot(steps, [d if d else float("nan") for d in ours], style, c=color,
+                    marker=marker, label=label)  # fmt: skip
             below = [s for s, d in zip(steps, ours, strict=True) if d is None]
+            below = below if (optimizer, width, min(depths)) in best else []
             ax.plot(below, [min(depths)] * len(below), "v", c=color, mfc="none")
         if optimizer in AUTHORS_DEEPEST:
             ax.plot(AUTHORS_MILESTONE_STEPS, AUTHORS_DEEPEST[optimizer], "--", c=color,
-                    marker="x", label=f"{optimizer}, authors (MNIST, width 784)")  # fmt: skip
+                    marker="x", label=AUTHORS_LABEL.format(optimizer))  # fmt: skip
     ax.set_xscale("log")
-    ax.set_xlabel("training steps (batch 250)")
+    ax.set_xlabel("training steps (batch 250);  ▽: below the smallest depth trained")
     ax.set_ylabel("deepest depth, all listed shallower ≥ 90 %")
-    title = f"{config.dataset}, width {config.width}: deepest trainable depth vs training length"
+    title = f"{config.dataset}: deepest depth ≥ 90 % vs training length (authors dashed)"
     _save(plt, fig, ax, path, title + ("" if best else " (no pieces finished yet)"))
 
 
@@ -177,22 +181,23 @@ def write_accuracy_plot(config: Config, best: dict, path: Path) -> None:
     step = str(config.milestone_steps[-1])
     for optimizer in config.optimizers:
         color = COLORS.get(optimizer)
-        for width, style in zip(_widths(config), WIDTH_STYLES, strict=False):
+        for width, (style, marker) in zip(_widths(config), WIDTH_STYLES, strict=False):
             points = sorted(
                 (d, entry[step]["train_accuracy"])
                 for (o, w, d), entry in best.items()
                 if (o, w) == (optimizer, width) and entry.get(step)
             )
             if points:
-                ax.plot(*zip(*points, strict=True), style, c=color, marker="o",
+                ax.plot(*zip(*points, strict=True), style, c=color, marker=marker,
                         label=f"{LABELS[optimizer]}, width {width}")  # fmt: skip
         authors = sorted((d, v) for (o, d), v in AUTHORS_ACCURACY.items() if o == optimizer)
         if authors and int(step) in AUTHORS_MILESTONE_STEPS:
             index = AUTHORS_MILESTONE_STEPS.index(int(step))
             ax.plot([d for d, _ in authors], [v[index] for _, v in authors], "--", c=color,
-                    marker="x", label=f"{optimizer}, authors (MNIST, width 784)")  # fmt: skip
+                    marker="x", label=AUTHORS_LABEL.format(optimizer))  # fmt: skip
     ax.axhline(TRAINABLE_ACCURACY, c="grey", lw=0.8)
     ax.set_xlabel("depth (hidden layers)")
     ax.set_ylabel(f"train accuracy, {config.window_steps} steps ending at step {int(step):,}")
     ax.set_ylim(0, 1.02)
-    _save(plt, fig, ax, path, f"{config.dataset}: best lr per depth at step {int(step):,}")
+    title = f"{config.dataset}: best lr per depth at step {int(step):,} (authors dashed)"
+    _save(plt, fig, ax, path, title)
