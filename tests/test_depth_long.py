@@ -119,7 +119,7 @@ def _fake_piece(config, optimizer, depth, width, accuracies):
         for s, a in zip(config.milestone_steps, accuracies, strict=True)
     }
     result = {**dataclasses.asdict(piece), "piece": piece.name, "best_at": best_at}
-    result |= {"protocol": pieces.protocol(config), "wall_seconds": 1.0, "runs": []}
+    result |= {"protocol": pieces.protocol(config, piece), "wall_seconds": 1.0, "runs": []}
     path = pieces.piece_path(config, piece)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
@@ -147,3 +147,5 @@ def test_partial_report_from_finished_pieces(tmp_path):
     saved = json.loads((tmp_path / "depth.json").read_text())
     assert saved["partial"] is True and "fromage_d24_w64" in saved["finished_pieces"]
     assert (tmp_path / "deepest.png").stat().st_size > 1000
+    # A piece saved under another protocol (here: length) does not count.
+    assert pieces_report.collect(dataclasses.replace(config, epochs=10))[0] == []

@@ -71,11 +71,12 @@ def all_pieces(config: Config) -> list[Piece]:
     return sorted(pieces, key=lambda p: first.get(p.name, len(first)))
 
 
-def protocol(config: Config) -> dict:
-    """The fields that decide a piece's numbers: a saved piece counts only if they match."""
+def protocol(config: Config, piece: Piece) -> dict:
+    """What decides a piece's numbers: a saved piece (or checkpoint) counts only if it matches."""
     fields = ("dataset", "epochs", "seeds", "batch_size", "lr_decay", "lr_decay_every_steps")
     fields += ("init", "data_dir", "window_steps")
-    return json.loads(json.dumps({f: getattr(config, f) for f in fields}))
+    values = {f: getattr(config, f) for f in fields} | {"learning_rates": piece.learning_rates}
+    return json.loads(json.dumps(values))
 
 
 def piece_path(config: Config, piece: Piece) -> Path:
@@ -88,7 +89,7 @@ def load_finished(config: Config, piece: Piece) -> dict | None:
     if not path.exists():
         return None
     saved = json.loads(path.read_text())
-    return saved if saved.get("protocol") == protocol(config) else None
+    return saved if saved.get("protocol") == protocol(config, piece) else None
 
 
 def _checkpoint_manager(config: Config, piece: Piece) -> ocp.CheckpointManager:
@@ -105,14 +106,15 @@ def _save(manager, epoch: int, state, history: dict, meta: dict) -> None:
     manager.save(epoch, args=args, force=True)
 
 
-def _restore(manager, config: Config, grid: Grid, history: dict):
-    """(state, history, meta) of the latest checkpoint, or None if there is none (or it was
-    written under another protocol)."""
+def _restore(manager, config: Config, piece: Piece, grid: Grid, history: dict):
+    """(state, history, meta) of the latest checkpoint, or None if there is none (one written
+    under another protocol is deleted)."""
     epoch = manager.latest_step()
     if epoch is None:
         return None
     meta = manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    if meta.get("protocol") != protocol(config):
+    if meta.get("protocol") != protocol(config, piece):
+        manager.delete(epoch)
         return None
     target = {"train_state": grid.initial_state, "history": history}
     restored = manager.restore(
@@ -124,10 +126,10 @@ def _restore(manager, config: Config, grid: Grid, history: dict):
     return restored["train_state"], history, meta
 
 
-def _meta(config: Config, grid: Grid, seconds: float, resumed_at: list[int]) -> dict:
+def _meta(config, piece, grid: Grid, seconds: float, resumed_at: list[int]) -> dict:
     return {
         "resumed_at": resumed_at,
-        "protocol": protocol(config),
+        "protocol": protocol(config, piece),
         "rngs": {str(seed): rng.bit_generator.state for seed, rng in grid.rngs.items()},
         "wall_seconds": seconds,
     }
@@ -141,7 +143,7 @@ def train_piece(config: Config, dataset, piece: Piece, should_stop=None):
     history = {k: np.full((config.epochs, len(grid.grid)), np.nan) for k in HISTORY_KEYS}
     manager = _checkpoint_manager(config, piece)
     state, first_epoch, seconds, resumed_at = grid.initial_state, 0, 0.0, []
-    restored = _restore(manager, config, grid, history)
+    restored = _restore(manager, config, piece, grid, history)
     if restored is not None:
         state, history, meta = restored
         first_epoch, seconds = meta["epoch"], meta["wall_seconds"]
@@ -158,7 +160,7 @@ def train_piece(config: Config, dataset, piece: Piece, should_stop=None):
             history[key][epoch] = means[key]
         epoch += 1
         if epoch % config.checkpoint_every_epochs == 0 and epoch < config.epochs:
-            _save(manager, epoch, state, history, _meta(config, grid, spent(), resumed_at))
+            _save(manager, epoch, state, history, _meta(config, piece, grid, spent(), resumed_at))
             accuracy = np.round(means["accuracy"], 3)
             step = epoch * grid.steps_per_epoch
             print(
@@ -169,7 +171,7 @@ def train_piece(config: Config, dataset, piece: Piece, should_stop=None):
     seconds = spent()
     if epoch < config.epochs:
         if manager.latest_step() != epoch:
-            _save(manager, epoch, state, history, _meta(config, grid, seconds, resumed_at))
+            _save(manager, epoch, state, history, _meta(config, piece, grid, seconds, resumed_at))
         manager.close()
         return None
     manager.close()
@@ -203,7 +205,7 @@ def piece_result(config: Config, piece: Piece, grid: Grid, history: dict, second
     return {
         **dataclasses.asdict(piece),
         "piece": piece.name,
-        "protocol": protocol(config),
+        "protocol": protocol(config, piece),
         "steps_per_epoch": grid.steps_per_epoch,
         "window_steps": epochs_per_window * grid.steps_per_epoch,
         "wall_seconds": seconds,
