@@ -116,8 +116,11 @@ def write_pieces_outputs(config: Config) -> dict:
     reporting.write_json(out / "depth.json", {"config": config, **summary})
     note = f"Status: {status}. Missing: {', '.join(missing) or 'none'}.\n\n"
     (out / "depth.md").write_text(note + reporting.format_markdown_table(rows) + "\n")
-    write_deepest_plot(config, best, out / "deepest.png")
-    write_accuracy_plot(config, best, out / "accuracy_vs_depth.png")
+    partial = (
+        f"\npartial: {len(results)} of {len(results) + len(missing)} pieces" if missing else ""
+    )
+    write_deepest_plot(config, best, out / "deepest.png", partial)
+    write_accuracy_plot(config, best, out / "accuracy_vs_depth.png", partial)
     return summary
 
 
@@ -147,7 +150,7 @@ WIDTH_STYLES = (("-", "o"), (":", "s"), ("-.", "^"))
 AUTHORS_LABEL = "{} (authors: MNIST, width 784)"
 
 
-def write_deepest_plot(config: Config, best: dict, path: Path) -> None:
+def write_deepest_plot(config: Config, best: dict, path: Path, note: str = "") -> None:
     """Deepest depth with every listed shallower depth ≥ 90 % against steps: ours solid (a
     hollow ▽ at the smallest listed depth: none of ours reached 90 %), the authors' dashed."""
     plt, fig, ax = _axes()
@@ -172,10 +175,10 @@ def write_deepest_plot(config: Config, best: dict, path: Path) -> None:
     ax.set_xlabel("training steps (batch 250);  ▽: below the smallest depth trained")
     ax.set_ylabel("deepest depth, all listed shallower ≥ 90 %")
     title = f"{config.dataset}: deepest depth ≥ 90 % vs training length (authors dashed)"
-    _save(plt, fig, ax, path, title + ("" if best else " (no pieces finished yet)"))
+    _save(plt, fig, ax, path, title + note)
 
 
-def write_accuracy_plot(config: Config, best: dict, path: Path) -> None:
+def write_accuracy_plot(config: Config, best: dict, path: Path, note: str = "") -> None:
     """Train accuracy at the last milestone against depth: ours per width, the authors' dashed."""
     plt, fig, ax = _axes()
     step = str(config.milestone_steps[-1])
@@ -200,4 +203,4 @@ def write_accuracy_plot(config: Config, best: dict, path: Path) -> None:
     ax.set_ylabel(f"train accuracy, {config.window_steps} steps ending at step {int(step):,}")
     ax.set_ylim(0, 1.02)
     title = f"{config.dataset}: best lr per depth at step {int(step):,} (authors dashed)"
-    _save(plt, fig, ax, path, title)
+    _save(plt, fig, ax, path, title + note)
