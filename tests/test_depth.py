@@ -81,16 +81,19 @@ def test_paper_preset_reads_mnist_idx_files(tmp_path):
     config = depth_cli.parse_args(["--preset", "paper", "--data-dir", str(tmp_path)])
     assert config.width == 784 and config.epochs == 100 and config.batch_size == 250
     assert list(config.depths) == [*range(1, 11), 15, 20, 25, 30, 35, 40, 45, 50]
+    assert config.pieces and config.lr_decay_every_steps == 240
     summary = depth_cli.main(
         [
             "--preset", "paper", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out"),
-            "--optimizers", "adam", "--depths", "1", "--width", "8", "--epochs", "1",
-            "--batch-size", "8",
+            "--optimizers", "adam", "--optimizer-depths", "adam=1", "--width", "8",
+            "--epochs", "1", "--batch-size", "8",
         ]
     )  # fmt: skip
     payload = json.loads((tmp_path / "out" / "depth.json").read_text())
-    assert payload["config"]["dataset"] == "mnist" and len(payload["runs"]) == 3
-    assert summary["deepest_trainable"].keys() == {"adam"}
+    assert payload["config"]["dataset"] == "mnist" and payload["finished_pieces"] == ["adam_d1_w8"]
+    piece = json.loads((tmp_path / "out" / "pieces" / "adam_d1_w8.json").read_text())
+    assert len(piece["runs"]) == 3 and piece["steps_per_epoch"] == 2
+    assert not summary["partial"]
 
 
 def test_paper_preset_without_files_names_them(tmp_path):

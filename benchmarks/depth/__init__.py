@@ -19,6 +19,7 @@ jitted ``lax.scan`` over batches gathered from data held on the device. So each
 
   python -m benchmarks.depth --preset quick   # seconds (tests)
   python -m benchmarks.depth --preset cpu     # the 5,000-image MNIST subset, 2 CPU cores
+  python -m benchmarks.depth --preset long      # the authors' 24,000 steps on the subset, resumable
   python -m benchmarks.depth --preset paper --data-dir ~/mnist   # GPU/TPU: full protocol
 
 Writes ``depth.json`` (every run), ``depth.md`` (the table), ``depth.png``
@@ -26,7 +27,18 @@ Writes ``depth.json`` (every run), ``depth.md`` (the table), ``depth.png``
 (mean ‖ΔW‖/‖W‖ per step vs depth, from ``fromage_optax``'s relative trust
 monitor) into ``--out``.
 
-Modules: `configs` (the presets and the protocol's constants), `train` (the
-vmapped grid of one optimiser and depth), `report` (best learning rates, the
-table, the plots), ``__main__`` (the command line).
+The ``long`` and ``paper`` presets run resumable *pieces* (one optimiser x depth
+x width, its learning rates vmapped): each finished piece is written to
+``<out>/pieces/<piece>.json``, an unfinished one is checkpointed with Orbax and
+resumed by rerunning the same command (``--stop-after-seconds`` stops cleanly).
+Their metric is the authors': train accuracy averaged over the 240 steps ending
+at 960, 2,400, 4,800, 12,000 and 24,000 steps, best learning rate; their report
+(``depth.json``, ``depth.md``, ``deepest.png``, ``accuracy_vs_depth.png``) is
+built from whatever pieces have finished and says which are missing.
+
+Modules: `configs` (the presets and the protocol's constants, the authors'
+numbers), `train` (the vmapped grid of one optimiser and depth), `report` (best
+learning rates, the table, the plots), `pieces` (resumable pieces, checkpoints),
+`milestones` (the authors' metric), `pieces_report` (the pieces' table and
+figures), ``__main__`` (the command line).
 """

@@ -171,9 +171,16 @@ def write_trust_over_training_plot(config, runs, best: dict, optimizers, depths)
 
 
 def report_only(out) -> dict:
-    """Rebuilds depth.md, the plots and the printed table from `out`/depth.json."""
+    """Rebuilds depth.md, the plots and the printed table from `out`/depth.json (and, for a
+    resumable sweep, from the finished pieces in `out`/pieces)."""
     saved = json.loads((Path(out) / "depth.json").read_text())
     config = cli.from_json(Config, {**saved["config"], "out": str(out)})
+    if config.pieces:
+        from benchmarks.depth import pieces_report
+
+        summary = pieces_report.write_pieces_outputs(config)
+        print(reporting.format_table(summary["rows"]))
+        return summary
     summary = write_outputs(config, saved["runs"], finished=saved["finished"])
     print(reporting.format_table(summary["rows"]))
     return summary

@@ -41,7 +41,8 @@ def stacked_train_state(model, optimizer, example_inputs, seeds, learning_rates)
 
 
 def _epoch_indices_fn(config: Config, grid, num_examples: int):
-    """A function returning the next epoch's batch indices, (steps, models, batch)."""
+    """A function returning the next epoch's batch indices, (steps, models, batch), and the
+    data RNGs it draws from (one per seed; their state is what a checkpoint saves)."""
     # Every model of one seed sees the same batches, whatever its learning rate.
     rngs = {seed: np.random.default_rng(seed) for seed in config.seeds}
 
@@ -53,57 +54,87 @@ def _epoch_indices_fn(config: Config, grid, num_examples: int):
         # Scanned over steps, vmapped over models.
         return np.stack([per_seed[seed] for _, seed in grid], axis=1)
 
-    return epoch_indices
+    return epoch_indices, rngs
+
+
+def learning_rates_at(config: Config, grid_lrs, epoch: int, steps_per_epoch: int):
+    """The grid's learning rates during `epoch` (0-based): x lr_decay once per epoch, or once
+    per ``lr_decay_every_steps`` steps (a staircase, counted at the epoch's first step)."""
+    decays = epoch
+    if config.lr_decay_every_steps is not None:
+        decays = epoch * steps_per_epoch // config.lr_decay_every_steps
+    return grid_lrs * np.float32(config.lr_decay) ** decays
+
+
+class Grid:
+    """Everything one (optimiser, depth, width) grid trains with: the stacked state of all its
+    (learning rate, seed) models, the data on the device, the batch order and the compiled
+    epoch. ``Grid(...).epoch(state, epoch)`` runs one epoch and returns (state, epoch means)."""
+
+    def __init__(self, config, dataset, optimizer_name, depth, width=None, learning_rates=None):
+        learning_rates = learning_rates or PAPER_LEARNING_RATES[optimizer_name]
+        self.config = config
+        self.grid = [(lr, seed) for lr in learning_rates for seed in config.seeds]
+        self.grid_lrs = np.asarray([lr for lr, _ in self.grid], np.float32)
+        width = width or config.width
+        model = mlp.MLP((width,) * depth, dataset.num_classes, init_scheme=config.init)
+        optimizer = optimizers.make_optimizer(
+            optimizer_name,
+            learning_rates[0],
+            injectable=True,
+            **OPTIMIZER_OPTIONS.get(optimizer_name, {}),
+        )
+        seeds = [seed * 1000 + depth for _, seed in self.grid]
+        self.initial_state = stacked_train_state(
+            model, optimizer, dataset.train_images[:1], seeds, self.grid_lrs
+        )
+        self.data = jax.device_put({"image": dataset.train_images, "label": dataset.train_labels})
+        self.next_indices, self.rngs = _epoch_indices_fn(
+            config, self.grid, len(dataset.train_images)
+        )
+        self.steps_per_epoch = len(dataset.train_images) // config.batch_size
+        self._run_epoch = None
+        self.compile_seconds = 0.0
+
+    def epoch(self, state, epoch: int):
+        """Trains `state` one epoch (0-based number `epoch`); returns (state, {metric: means})."""
+        indices = self.next_indices()
+        if self._run_epoch is None:
+            start = time.perf_counter()
+            step = jax.vmap(training.classifier_train_step)
+            self._run_epoch = (
+                training.make_epoch_fn(step).lower(state, self.data, indices).compile()
+            )
+            self.compile_seconds = time.perf_counter() - start
+        lrs = learning_rates_at(self.config, self.grid_lrs, epoch, self.steps_per_epoch)
+        state = state.replace(opt_state=optimizers.with_learning_rate(state.opt_state, lrs))
+        state, step_metrics = self._run_epoch(state, self.data, indices)
+        # Means over the epoch's steps, one per model (train accuracy: the paper's metric).
+        return state, {
+            key: np.asarray(value, np.float64).mean(axis=0) for key, value in step_metrics.items()
+        }
 
 
 def train_grid(config: Config, dataset, optimizer_name: str, depth: int, on_epoch=None):
     """Trains every (learning rate, seed) of `optimizer_name` at `depth` at once; one run each."""
-    learning_rates = PAPER_LEARNING_RATES[optimizer_name]
-    grid = [(lr, seed) for lr in learning_rates for seed in config.seeds]
-    grid_lrs = np.asarray([lr for lr, _ in grid], np.float32)
-    model = mlp.MLP((config.width,) * depth, dataset.num_classes, init_scheme=config.init)
-    optimizer = optimizers.make_optimizer(
-        optimizer_name,
-        learning_rates[0],
-        injectable=True,
-        **OPTIMIZER_OPTIONS.get(optimizer_name, {}),
-    )
-    seeds = [seed * 1000 + depth for _, seed in grid]
-    state = stacked_train_state(model, optimizer, dataset.train_images[:1], seeds, grid_lrs)
-    train_data = jax.device_put({"image": dataset.train_images, "label": dataset.train_labels})
-    epoch_indices = _epoch_indices_fn(config, grid, len(dataset.train_images))
-
-    indices = epoch_indices()
-    start = time.perf_counter()
-    run_epoch = (
-        training.make_epoch_fn(jax.vmap(training.classifier_train_step))
-        .lower(state, train_data, indices)
-        .compile()
-    )
-    compile_seconds = time.perf_counter() - start
-
+    grid = Grid(config, dataset, optimizer_name, depth)
+    state = grid.initial_state
     history: dict = {}
     start = time.perf_counter()
     for epoch in range(config.epochs):
-        if epoch > 0:
-            indices = epoch_indices()
-        decayed = grid_lrs * np.float32(config.lr_decay) ** epoch
-        state = state.replace(opt_state=optimizers.with_learning_rate(state.opt_state, decayed))
-        state, step_metrics = run_epoch(state, train_data, indices)
-        for key, value in step_metrics.items():
-            # Means over the epoch's steps, one per model (train accuracy: the paper's metric).
-            value = np.asarray(value, np.float64)
-            history.setdefault(key, []).append(value.mean(axis=0))
+        state, means = grid.epoch(state, epoch)
+        for key, value in means.items():
+            history.setdefault(key, []).append(value)
         if on_epoch is not None:
             on_epoch()
     timing = {
         # The grid's models train together: this is the whole grid's time.
-        "grid_wall_seconds": time.perf_counter() - start,
-        "grid_compile_seconds": compile_seconds,
-        "grid_size": len(grid),
-        "steps_per_epoch": int(indices.shape[0]),
+        "grid_wall_seconds": time.perf_counter() - start - grid.compile_seconds,
+        "grid_compile_seconds": grid.compile_seconds,
+        "grid_size": len(grid.grid),
+        "steps_per_epoch": grid.steps_per_epoch,
     }
-    return _runs(config, optimizer_name, depth, grid, history, timing)
+    return _runs(config, optimizer_name, depth, grid.grid, history, timing)
 
 
 def _runs(config: Config, optimizer_name, depth, grid, history, timing) -> list[dict]:
