@@ -76,8 +76,11 @@ def test_full_run_uses_presets_that_exist():
     assert "TRANSFORMER=(--preset gpu --steps 300)" in text and "gpu" in transformer_configs.PRESETS
     assert gpt.gpt_config(transformer_configs.PRESETS["gpu"].model).num_layers == 16
     assert "--preset paper" in text and "paper" in depth_configs.PRESETS
+    assert "--depths 35 --optimizer-depths fromage=35 --epochs 10 --no-pieces" in text
     config = depth_cli.parse_args(
         ["--preset", "paper", "--dataset", "digits", "--width", "784", "--depths", "35"]
-        + ["--epochs", "10", "--optimizers", "fromage"]
+        + ["--optimizer-depths", "fromage=35", "--epochs", "10", "--optimizers", "fromage"]
+        + ["--no-pieces"]
     )
     assert (config.width, config.depths, config.dataset) == (784, (35,), "digits")
+    assert config.depths_of("fromage") == (35,) and not config.pieces
