@@ -29,15 +29,22 @@ def test_long_preset_follows_the_issue():
     assert config.depths_of("adam") == config.depths_of("fromage") == (24, 32, 40, 48, 64)
     names = [p.name for p in pieces.all_pieces(config)]
     assert names[:3] == ["fromage_d24_w64", "adam_d24_w64", "adam_d32_w64"]
-    assert len(names) == 4 + 5 + 5 + 9 and len(set(names)) == len(names)
+    # Each optimiser's depths, 9 of them again with seeds 1 and 2, and the width study.
+    assert len(names) == 4 + 5 + 5 + 9 + 9 and len(set(names)) == len(names)
+    again = [p for p in pieces.all_pieces(config) if p.seeds == (1, 2)]
+    assert {p.base_name for p in again} == set(configs.LONG_SEED_STUDY_PIECES)
+    assert all(p.width == 64 and len(p.learning_rates) == 3 for p in again)
     study = [p for p in pieces.all_pieces(config) if p.width == 256]
     assert {p.depth for p in study} == {16, 24, 32}
-    assert {(p.optimizer, p.learning_rates) for p in study} == {
-        ("fromage", (0.01,)),
-        ("adam", (1e-4,)),
-        ("sgd", (0.1,)),
+    assert {(p.optimizer, p.learning_rates, p.seeds) for p in study} == {
+        ("fromage", (0.01,), (0, 1, 2)),
+        ("adam", (1e-4,), (0, 1, 2)),
+        ("sgd", (0.01,), (0, 1, 2)),
     }
     assert pieces.Piece("adam", 24, 64, (1e-3,)).name == "adam_d24_w64"
+    assert pieces.Piece("adam", 24, 64, (1e-3,), (1, 2)).name == "adam_d24_w64_s1-2"
+    # Pieces of the config's seeds keep their names and protocol (finished ones still count).
+    assert pieces.protocol(config, pieces.all_pieces(config)[0])["seeds"] == [0]
 
 
 def test_paper_preset_has_the_authors_extra_depths():
@@ -112,14 +119,27 @@ def test_metric_averages_the_window_ending_at_each_milestone():
     assert best["64"]["learning_rate"] == 0.1
 
 
-def _fake_piece(config, optimizer, depth, width, accuracies):
-    piece = pieces.Piece(optimizer, depth, width, configs.PAPER_LEARNING_RATES[optimizer])
-    best_at = {
-        str(s): {"learning_rate": piece.learning_rates[0], "train_accuracy": a}
-        for s, a in zip(config.milestone_steps, accuracies, strict=True)
-    }
-    result = {**dataclasses.asdict(piece), "piece": piece.name, "best_at": best_at}
-    result |= {"protocol": pieces.protocol(config, piece), "wall_seconds": 1.0, "runs": []}
+def _fake_piece(config, optimizer, depth, width, accuracies, seeds=(0,)):
+    """A finished piece whose first lr reaches `accuracies` (per milestone; one list per seed,
+    or one for every seed) and whose other lrs stay at chance."""
+    lrs = configs.PAPER_LEARNING_RATES[optimizer]
+    piece = pieces.Piece(optimizer, depth, width, lrs, tuple(seeds), tuple(config.seeds))
+    per_seed = accuracies if isinstance(accuracies[0], list) else [accuracies] * len(seeds)
+    runs = [
+        {
+            "learning_rate": lr,
+            "seed": seed,
+            "accuracy_at": {
+                str(s): (a if lr == lrs[0] else 0.1)
+                for s, a in zip(config.milestone_steps, values, strict=True)
+            },
+        }
+        for lr in lrs
+        for seed, values in zip(seeds, per_seed, strict=True)
+    ]
+    result = {**dataclasses.asdict(piece), "piece": piece.name, "runs": runs}
+    result |= {"protocol": pieces.protocol(config, piece), "wall_seconds": 1.0}
+    result["best_at"] = milestones.best_at(runs)
     path = pieces.piece_path(config, piece)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
@@ -132,8 +152,8 @@ def test_partial_report_from_finished_pieces(tmp_path):
     _fake_piece(config, "fromage", 24, 64, [0.3, 0.5, 0.8, 0.95, 0.99])
     _fake_piece(config, "fromage", 40, 64, [0.3, 0.5, 0.8, 0.92, 0.95])
     summary = pieces_report.write_pieces_outputs(config)
-    assert summary["partial"] and len(summary["missing_pieces"]) == 23 - 4
-    best = pieces_report.best_table(pieces_report.collect(config)[0])
+    assert summary["partial"] and len(summary["missing_pieces"]) == 32 - 4
+    best = pieces_report.best_table(config, pieces_report.collect(config)[0])
     # Fromage 32 is not finished: the contiguous deepest stops at 24, 40 counts "alone".
     assert pieces_report.deepest(best, config, "fromage", 64, "24000") == (24, 40)
     assert pieces_report.deepest(best, config, "fromage", 64, "960") == (None, None)
@@ -143,9 +163,27 @@ def test_partial_report_from_finished_pieces(tmp_path):
     assert rows[("fromage", 64, "deepest ≥ 90 %")]["960"] == "< 24"
     assert rows[("fromage", "784 (authors)", "deepest ≥ 90 %")]["12,000"] == 27
     assert rows[("adam", 64, 24)]["960"] == "0.950 (lr 0.01)"
-    assert "PARTIAL: 4 of 23" in (tmp_path / "depth.md").read_text()
+    assert "PARTIAL: 4 of 32" in (tmp_path / "depth.md").read_text()
     saved = json.loads((tmp_path / "depth.json").read_text())
     assert saved["partial"] is True and "fromage_d24_w64" in saved["finished_pieces"]
     assert (tmp_path / "deepest.png").stat().st_size > 1000
     # A piece saved under another protocol (here: length) does not count.
     assert pieces_report.collect(dataclasses.replace(config, epochs=10))[0] == []
+
+
+def test_seed_study_is_reported_apart_from_the_first_seed(tmp_path):
+    """The main table keeps seed 0 (the authors ran one seed); the seed rows count, per
+    milestone, the seeds that reach 90 % at their best lr."""
+    config = dataclasses.replace(configs.PRESETS["long"], out=str(tmp_path))
+    _fake_piece(config, "adam", 24, 64, [0.1, 0.1, 0.1, 0.1, 0.1])
+    chance, learns = [0.1, 0.1, 0.1, 0.1, 0.1], [0.2, 0.5, 0.8, 0.95, 0.99]
+    _fake_piece(config, "adam", 24, 64, [learns, chance], seeds=(1, 2))
+    summary = pieces_report.write_pieces_outputs(config)
+    assert "adam_d24_w64_s1-2" in summary["finished_pieces"]
+    rows = {(r["optimizer"], r["width"], r["depth"]): r for r in summary["rows"]}
+    assert rows[("adam", 64, 24)]["24,000"] == "0.100 (lr 0.01)"
+    (seed_row,) = summary["seed_rows"]
+    assert seed_row["depth"] == 24
+    assert seed_row["24,000"] == "1/3: 0.10 0.99 0.10"
+    assert seed_row["4,800"] == "0/3: 0.10 0.80 0.10"
+    assert "seeds ≥ 90 %" in (tmp_path / "depth.md").read_text()

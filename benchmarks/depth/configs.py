@@ -81,6 +81,38 @@ LONG_PIECE_ORDER = (
     "sgd_d12_w64",
     "fromage_d40_w64",
     "adam_d40_w64",
+    "adam_d24_w64_s1-2",
+    "fromage_d48_w64",
+    "adam_d32_w64_s1-2",
+    "fromage_d24_w64_s1-2",
+    "fromage_d32_w64_s1-2",
+    "fromage_d40_w64_s1-2",
+    "sgd_d10_w64_s1-2",
+    "sgd_d12_w64_s1-2",
+    "adam_d48_w64",
+    "fromage_d64_w64",
+    "adam_d40_w64_s1-2",
+    "fromage_d48_w64_s1-2",
+    "adam_d24_w256_s0-1-2",
+    "fromage_d24_w256_s0-1-2",
+    "adam_d32_w256_s0-1-2",
+    "fromage_d32_w256_s0-1-2",
+    "adam_d16_w256_s0-1-2",
+    "fromage_d16_w256_s0-1-2",
+    "sgd_d16_w256_s0-1-2",
+    "adam_d64_w64",
+)
+# The pieces near each optimiser's width-64 cliff, repeated with seeds 1 and 2.
+LONG_SEED_STUDY_PIECES = (
+    "sgd_d10_w64",
+    "sgd_d12_w64",
+    "adam_d24_w64",
+    "adam_d32_w64",
+    "adam_d40_w64",
+    "fromage_d24_w64",
+    "fromage_d32_w64",
+    "fromage_d40_w64",
+    "fromage_d48_w64",
 )
 
 
@@ -128,6 +160,18 @@ class Config:
         default=(), metadata={"help": "more widths, each optimiser at one lr (e.g. 256)"}
     )
     width_study_depths: tuple[int, ...] = (16, 24, 32)
+    width_study_seeds: tuple[int, ...] = dataclasses.field(
+        default=(), metadata={"help": "seeds of the width study (none: --seeds)"}
+    )
+    # One seed decides a narrow net's fate near its cliff (Adam at depth 24, width 64, lr 1e-4
+    # learns from 3 seeds of 4 and stays at chance from the fourth), so the pieces near the
+    # cliffs are trained again with more seeds.
+    seed_study: tuple[int, ...] = dataclasses.field(
+        default=(), metadata={"help": "more seeds for the pieces named in --seed-study-pieces"}
+    )
+    seed_study_pieces: tuple[str, ...] = dataclasses.field(
+        default=(), metadata={"help": "pieces to repeat with --seed-study, e.g. adam_d24_w64"}
+    )
     width_study_learning_rates: tuple[tuple[str, float], ...] = dataclasses.field(
         default=(("sgd", 0.1), ("adam", 1e-4), ("fromage", 0.01)),
         metadata={"parse": _optimizer_rate, "help": "e.g. fromage=0.01 adam=1e-4"},
@@ -191,6 +235,11 @@ PRESETS = {
         lr_decay_every_steps=240,
         pieces=True,
         width_study=(256,),
+        width_study_seeds=(0, 1, 2),
+        # Each optimiser's best width-64 lr at 24,000 steps (SGD's at depths 8 and 10).
+        width_study_learning_rates=(("sgd", 0.01), ("adam", 1e-4), ("fromage", 0.01)),
+        seed_study=(1, 2),
+        seed_study_pieces=LONG_SEED_STUDY_PIECES,
         # The most informative first: where Adam stops and Fromage (by the authors) goes on.
         piece_order=LONG_PIECE_ORDER,
         out="runs/depth_long",

@@ -1,8 +1,9 @@
 """Resumable sweeps: the grid cut into pieces, each trained, checkpointed and saved on its own.
 
-A piece is one (optimiser, depth, width) with all its learning rates vmapped
-(`benchmarks.depth.train.Grid`). Each finished piece is written to
-``<out>/pieces/<optimizer>_d<depth>_w<width>.json`` at once; a rerun skips the
+A piece is one (optimiser, depth, width, seeds) with all its learning rates and seeds
+vmapped (`benchmarks.depth.train.Grid`). Each finished piece is written to
+``<out>/pieces/<optimizer>_d<depth>_w<width>[_s<seeds>].json`` at once (the suffix names
+seeds other than the config's, e.g. ``_s1-2``); a rerun skips the
 pieces whose JSON exists (for the same protocol) and resumes an unfinished one
 from its Orbax checkpoint in ``<out>/checkpoints/<piece>/``: the stacked
 TrainState, the per-epoch history and, as JSON, the epoch reached, the data
@@ -39,29 +40,51 @@ HISTORY_KEYS = (
 
 @dataclasses.dataclass(frozen=True)
 class Piece:
-    """One (optimiser, depth, width) and the learning rates it trains at (vmapped)."""
+    """One (optimiser, depth, width) and the learning rates and seeds it trains (vmapped).
+    `default_seeds`: the config's seeds, which the name leaves out."""
 
     optimizer: str
     depth: int
     width: int
     learning_rates: tuple[float, ...]
+    seeds: tuple[int, ...] = (0,)
+    default_seeds: tuple[int, ...] = dataclasses.field(default=(0,), compare=False, repr=False)
+
+    @property
+    def base_name(self) -> str:
+        return f"{self.optimizer}_d{self.depth}_w{self.width}"
 
     @property
     def name(self) -> str:
-        return f"{self.optimizer}_d{self.depth}_w{self.width}"
+        if tuple(self.seeds) == tuple(self.default_seeds):
+            return self.base_name
+        return f"{self.base_name}_s{'-'.join(str(s) for s in self.seeds)}"
 
 
 def all_pieces(config: Config) -> list[Piece]:
     """Every piece of `config`: each optimiser at its depths (width `config.width`, its three
-    lrs), then the width study (each width x depth, one lr per optimiser); `piece_order` first."""
+    lrs), then the seed study (the pieces named in `seed_study_pieces` again with the seeds
+    `seed_study`), then the width study (each width x depth, one lr per optimiser, the seeds
+    `width_study_seeds`); `piece_order` first."""
+    seeds = tuple(config.seeds)
+
+    def piece(optimizer, depth, width, lrs, piece_seeds=seeds):
+        return Piece(optimizer, depth, width, tuple(lrs), tuple(piece_seeds), seeds)
+
     pieces = [
-        Piece(o, d, config.width, PAPER_LEARNING_RATES[o])
+        piece(o, d, config.width, PAPER_LEARNING_RATES[o])
         for o in config.optimizers
         for d in config.depths_of(o)
     ]
+    if config.seed_study:
+        pieces += [
+            piece(p.optimizer, p.depth, p.width, p.learning_rates, config.seed_study)
+            for p in list(pieces)
+            if p.name in config.seed_study_pieces
+        ]
     study_lrs = dict(config.width_study_learning_rates)
     pieces += [
-        Piece(o, d, w, (study_lrs[o],))
+        piece(o, d, w, (study_lrs[o],), config.width_study_seeds or seeds)
         for w in config.width_study
         for d in config.width_study_depths
         for o in config.optimizers
@@ -76,6 +99,7 @@ def protocol(config: Config, piece: Piece) -> dict:
     fields = ("dataset", "epochs", "seeds", "batch_size", "lr_decay", "lr_decay_every_steps")
     fields += ("init", "data_dir", "window_steps")
     values = {f: getattr(config, f) for f in fields} | {"learning_rates": piece.learning_rates}
+    values["seeds"] = piece.seeds
     return json.loads(json.dumps(values))
 
 
@@ -139,7 +163,15 @@ def train_piece(config: Config, dataset, piece: Piece, should_stop=None):
     """Trains (or resumes) `piece` until it finishes, ``should_stop()`` turns true (checked
     after every epoch) or ``max_epochs_this_run`` epochs ran; returns its result dict if it
     finished, else None (after checkpointing)."""
-    grid = Grid(config, dataset, piece.optimizer, piece.depth, piece.width, piece.learning_rates)
+    grid = Grid(
+        config,
+        dataset,
+        piece.optimizer,
+        piece.depth,
+        piece.width,
+        piece.learning_rates,
+        piece.seeds,
+    )
     history = {k: np.full((config.epochs, len(grid.grid)), np.nan) for k in HISTORY_KEYS}
     manager = _checkpoint_manager(config, piece)
     state, first_epoch, seconds, resumed_at = grid.initial_state, 0, 0.0, []
@@ -202,8 +234,10 @@ def piece_result(config: Config, piece: Piece, grid: Grid, history: dict, second
                 },
             }
         )
+    fields = dataclasses.asdict(piece)
+    del fields["default_seeds"]
     return {
-        **dataclasses.asdict(piece),
+        **fields,
         "piece": piece.name,
         "protocol": protocol(config, piece),
         "steps_per_epoch": grid.steps_per_epoch,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks import reporting
-from benchmarks.depth import pieces
+from benchmarks.depth import milestones, pieces
 from benchmarks.depth.configs import (
     AUTHORS_ACCURACY,
     AUTHORS_DEEPEST,
@@ -31,9 +31,56 @@ def collect(config: Config) -> tuple[list[dict], list[str]]:
     return finished, missing
 
 
-def best_table(results: list[dict]) -> dict:
-    """{(optimizer, width, depth): {str(step): {"learning_rate", "train_accuracy"} or None}}."""
-    return {(r["optimizer"], r["width"], r["depth"]): r["best_at"] for r in results}
+def runs_by_key(results: list[dict]) -> dict:
+    """{(optimizer, width, depth): every run of every finished piece there (all seeds)}."""
+    runs: dict = {}
+    for result in results:
+        key = (result["optimizer"], result["width"], result["depth"])
+        runs.setdefault(key, []).extend(result["runs"])
+    return runs
+
+
+def best_table(config: Config, results: list[dict]) -> dict:
+    """{(optimizer, width, depth): {str(step): {"learning_rate", "train_accuracy"} or None}},
+    from the runs of the config's first seed (the authors ran one seed; the seed study is
+    reported apart, by `seed_rows`)."""
+    first_seed = config.seeds[0]
+    table = {}
+    for key, runs in runs_by_key(results).items():
+        ours = [run for run in runs if run["seed"] == first_seed]
+        if ours:
+            table[key] = milestones.best_at(ours)
+    return table
+
+
+def per_seed_best(runs: list[dict], step: str) -> dict:
+    """{seed: the best accuracy over its learning rates at `step`} (the authors' metric per
+    seed; a run that did not reach `step` is left out)."""
+    best: dict = {}
+    for run in runs:
+        value = run["accuracy_at"].get(step)
+        if value is not None:
+            best[run["seed"]] = max(best.get(run["seed"], 0.0), value)
+    return best
+
+
+def seed_rows(config: Config, results: list[dict]) -> list[dict]:
+    """One row per (optimizer, width, depth) trained with more than one seed: per milestone,
+    how many seeds reach 90 % (each at its best lr) and each seed's accuracy, seed order."""
+    rows = []
+    for (optimizer, width, depth), runs in sorted(
+        runs_by_key(results).items(), key=lambda item: (item[0][1], item[0][0], item[0][2])
+    ):
+        if len({run["seed"] for run in runs}) < 2:
+            continue
+        row = {"optimizer": optimizer, "width": width, "depth": depth}
+        for step in config.milestone_steps:
+            best = per_seed_best(runs, str(step))
+            hits = sum(value >= TRAINABLE_ACCURACY for value in best.values())
+            values = " ".join(f"{best[seed]:.2f}" for seed in sorted(best))
+            row[f"{step:,}"] = f"{hits}/{len(best)}: {values}"
+        rows.append(row)
+    return rows
 
 
 def listed_depths(config: Config, optimizer: str, width: int) -> tuple[int, ...]:
@@ -101,8 +148,9 @@ def deepest_rows(config: Config, best: dict) -> list[dict]:
 def write_pieces_outputs(config: Config) -> dict:
     """Writes depth.json, depth.md and the two figures from the finished pieces."""
     results, missing = collect(config)
-    best = best_table(results)
+    best = best_table(config, results)
     rows = accuracy_rows(config, best) + deepest_rows(config, best)
+    seeds = seed_rows(config, results)
     out = Path(config.out)
     status = "complete" if not missing else f"PARTIAL: {len(results)} of "
     status += "" if not missing else f"{len(results) + len(missing)} pieces finished"
@@ -112,10 +160,19 @@ def write_pieces_outputs(config: Config) -> dict:
         "missing_pieces": missing,
         "piece_wall_seconds": {r["piece"]: r["wall_seconds"] for r in results},
         "rows": rows,
+        "seed_rows": seeds,
     }
     reporting.write_json(out / "depth.json", {"config": config, **summary})
     note = f"Status: {status}. Missing: {', '.join(missing) or 'none'}.\n\n"
-    (out / "depth.md").write_text(note + reporting.format_markdown_table(rows) + "\n")
+    text = note + f"Seed {config.seeds[0]}, best of the learning rates:\n\n"
+    text += reporting.format_markdown_table(rows) + "\n"
+    if seeds:
+        text += (
+            "\nEvery seed (each at its best learning rate): seeds ≥ 90 % / seeds trained, "
+            "then each seed's accuracy in seed order:\n\n"
+        )
+        text += reporting.format_markdown_table(seeds) + "\n"
+    (out / "depth.md").write_text(text)
     partial = (
         f"\npartial: {len(results)} of {len(results) + len(missing)} pieces" if missing else ""
     )

@@ -44,7 +44,7 @@ def _epoch_indices_fn(config: Config, grid, num_examples: int):
     """A function returning the next epoch's batch indices, (steps, models, batch), and the
     data RNGs it draws from (one per seed; their state is what a checkpoint saves)."""
     # Every model of one seed sees the same batches, whatever its learning rate.
-    rngs = {seed: np.random.default_rng(seed) for seed in config.seeds}
+    rngs = {seed: np.random.default_rng(seed) for seed in dict.fromkeys(s for _, s in grid)}
 
     def epoch_indices():
         per_seed = {
@@ -69,12 +69,15 @@ def learning_rates_at(config: Config, grid_lrs, epoch: int, steps_per_epoch: int
 class Grid:
     """Everything one (optimiser, depth, width) grid trains with: the stacked state of all its
     (learning rate, seed) models, the data on the device, the batch order and the compiled
-    epoch. ``Grid(...).epoch(state, epoch)`` runs one epoch and returns (state, epoch means)."""
+    epoch. ``Grid(...).epoch(state, epoch)`` runs one epoch and returns (state, epoch means).
+    `seeds` (default ``config.seeds``) seed each model's init and its batch order."""
 
-    def __init__(self, config, dataset, optimizer_name, depth, width=None, learning_rates=None):
+    def __init__(
+        self, config, dataset, optimizer_name, depth, width=None, learning_rates=None, seeds=None
+    ):
         learning_rates = learning_rates or PAPER_LEARNING_RATES[optimizer_name]
         self.config = config
-        self.grid = [(lr, seed) for lr in learning_rates for seed in config.seeds]
+        self.grid = [(lr, seed) for lr in learning_rates for seed in (seeds or config.seeds)]
         self.grid_lrs = np.asarray([lr for lr, _ in self.grid], np.float32)
         width = width or config.width
         model = mlp.MLP((width,) * depth, dataset.num_classes, init_scheme=config.init)
