@@ -187,3 +187,31 @@ def test_seed_study_is_reported_apart_from_the_first_seed(tmp_path):
     assert seed_row["24,000"] == "1/3: 0.10 0.99 0.10"
     assert seed_row["4,800"] == "0/3: 0.10 0.80 0.10"
     assert "seeds ≥ 90 %" in (tmp_path / "depth.md").read_text()
+
+
+def test_signal_probe_measures_spread_and_dead_units():
+    """On hand-made layers: a layer whose bias swamps its input has no signal left, a layer
+    with a negative bias and zero kernel is all dead."""
+    import jax.numpy as jnp
+
+    from benchmarks.depth import signal
+
+    images = jnp.asarray([[1.0, -1.0], [2.0, 0.5], [-1.0, 3.0]])
+    identity = {"kernel": jnp.eye(2), "bias": jnp.full((2,), 10.0)}
+    dead = {"kernel": jnp.zeros((2, 2)), "bias": jnp.full((2,), -1.0)}
+    spread, dead_fraction = signal.layer_signal({"hidden_0": identity, "hidden_1": dead}, images, 2)
+    h = np.maximum(np.asarray(images) + 10.0, 0)
+    expected = h.std(axis=0).mean() / np.sqrt((h**2).mean())
+    np.testing.assert_allclose(spread[0], expected, rtol=1e-6)
+    assert float(spread[1]) == 0.0 and list(np.asarray(dead_fraction)) == [0.0, 1.0]
+
+
+def test_signal_quick_preset_writes_outputs(tmp_path):
+    from benchmarks.depth import signal
+
+    results = signal.main(["--preset", "quick", "--optimizers", "fromage", "--out", str(tmp_path)])
+    (run, *_) = results["runs"]
+    assert set(run["signal"]) == {"0", "2"} and len(run["signal"]["0"]) == 4
+    assert len(results["rows"]) == 3 and np.isfinite(run["accuracy_per_epoch"]).all()
+    for name in ("signal.json", "signal.md", "signal.png"):
+        assert (tmp_path / name).stat().st_size > 100
