@@ -178,15 +178,23 @@ def test_seed_study_is_reported_apart_from_the_first_seed(tmp_path):
     config = dataclasses.replace(configs.PRESETS["long"], out=str(tmp_path))
     _fake_piece(config, "adam", 24, 64, [0.1, 0.1, 0.1, 0.1, 0.1])
     chance, learns = [0.1, 0.1, 0.1, 0.1, 0.1], [0.2, 0.5, 0.8, 0.95, 0.99]
-    _fake_piece(config, "adam", 24, 64, [learns, chance], seeds=(1, 2))
+    _fake_piece(config, "adam", 24, 64, [learns, learns], seeds=(1, 2))
+    _fake_piece(config, "fromage", 24, 64, learns)
+    _fake_piece(config, "fromage", 24, 64, [learns, chance], seeds=(1, 2))
     summary = pieces_report.write_pieces_outputs(config)
     assert "adam_d24_w64_s1-2" in summary["finished_pieces"]
     rows = {(r["optimizer"], r["width"], r["depth"]): r for r in summary["rows"]}
     assert rows[("adam", 64, 24)]["24,000"] == "0.100 (lr 0.01)"
-    (seed_row,) = summary["seed_rows"]
-    assert seed_row["depth"] == 24
-    assert seed_row["24,000"] == "1/3: 0.10 0.99 0.10"
-    assert seed_row["4,800"] == "0/3: 0.10 0.80 0.10"
+    adam, fromage = summary["seed_rows"]
+    assert adam["depth"] == 24 and adam["24,000"] == "2/3: 0.10 0.99 0.99"
+    assert fromage["24,000"] == "2/3: 0.99 0.99 0.10"
+    assert fromage["4,800"] == "0/3: 0.80 0.80 0.10"
+    # The first seed alone says Adam stays below 24 layers; the median seed trains 24.
+    assert rows[("adam", 64, "deepest ≥ 90 %")]["24,000"] == "< 24"
+    assert rows[("adam", 64, "deepest ≥ 90 %, median seed")]["24,000"] == "24"
+    assert rows[("adam", 64, "deepest ≥ 90 %, median seed")]["4,800"] == "< 24"
+    # Widths of the study list only the optimisers it trains.
+    assert {o for o, w, _ in rows if w == 128} == {"adam", "fromage"}
     assert "seeds ≥ 90 %" in (tmp_path / "depth.md").read_text()
 
 
