@@ -22,7 +22,7 @@ live in the optimiser state, and an epoch is one jitted ``lax.scan``.
 Presets:
 
 * ``quick``: a tiny model for two epochs on 1,500 words (seconds; the tests run it).
-* ``cpu``: the authors' model and schedule on the first 14,000 training words
+* ``cpu``: the authors' model and schedule on the first 30,000 training words
   of Python's documentation topics (`benchmarks.word_data`), about 30 minutes
   for the whole sweep on 2 shared CPU cores. The cut: the corpus (≈77,000
   words, split 80/10/10) is already far smaller than WikiText-2 (2.09M

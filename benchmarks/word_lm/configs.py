@@ -134,7 +134,7 @@ PRESETS = {
         out="runs/word_lm_quick",
     ),
     # The authors' model and schedule on 2 CPU cores: see the package docstring for the cut.
-    "cpu": Config(train_words=14000, out="runs/word_lm"),
+    "cpu": Config(train_words=30000, out="runs/word_lm"),
     # The full protocol on WikiText-2 (--data-dir), for a GPU.
     "paper": Config(out="runs/word_lm_paper"),
 }
