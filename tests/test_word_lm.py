@@ -213,3 +213,9 @@ def test_sgd_clips_the_global_gradient_norm_and_adam_is_plain():
         state = optimizers.with_learning_rate(state, 0.5)
         updates, _ = optimizer.update(grads, state, params)
         assert float(optax.tree.norm(updates)) == pytest.approx(expected_norm, rel=1e-4)
+
+
+def test_paper_preset_needs_wikitext(capsys):
+    with pytest.raises(SystemExit):
+        word_lm_cli.main(["--preset", "paper"])
+    assert "--data-dir" in capsys.readouterr().err

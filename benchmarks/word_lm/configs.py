@@ -97,6 +97,8 @@ class Config:
             raise ValueError("--seeds needs at least one seed")
         if not 0 <= self.decay_after_epoch <= self.epochs:
             raise ValueError("--decay-after-epoch must lie in [0, epochs]")
+        if self.preset == "paper" and self.data_dir is None:
+            raise ValueError("the paper preset trains on WikiText-2: give --data-dir")
 
     def model(self, vocab_size: int) -> WordTransformerConfig:
         """The model of this config for a vocabulary of `vocab_size` words."""
