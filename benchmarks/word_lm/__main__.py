@@ -81,7 +81,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     show = not args.no_progress
     train_runs(config, data, grid, results, info, show)
     train_runs(config, data, seed_runs(config, results), results, info, show)
-    ordered = sorted(results.values(), key=lambda r: (r["seed"], r["name"]))
+    ordered = sorted(
+        results.values(),
+        key=lambda r: (
+            r["seed"],
+            configs.OPTIMIZER_NAMES.index(r["optimizer"]),
+            r["p_bound"] is None,
+            r["learning_rate"],
+        ),
+    )
     summary = report.write_outputs(config, info, ordered, finished=True)
     print(reporting.format_table(summary["grid_rows"]))
     print(reporting.format_table(summary["seed_rows"]))

@@ -135,7 +135,8 @@ PRESETS = {
         train_words=1500,
         out="runs/word_lm_quick",
     ),
-    # The authors' model and schedule on 2 CPU cores: see the package docstring for the cut.
+    # The authors' model and schedule on 2 CPU cores (24 minutes measured for the sweep);
+    # the package docstring describes the cut.
     "cpu": Config(train_words=30000, out="runs/word_lm"),
     # The full protocol on WikiText-2 (--data-dir), for a GPU.
     "paper": Config(out="runs/word_lm_paper"),
