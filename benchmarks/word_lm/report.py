@@ -1,0 +1,231 @@
+"""The word-level LM experiment's results: one JSON per finished run, the best setting per
+optimiser, the seed statistics, ``word_lm.json``, ``word_lm.md`` and ``word_lm.png``."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from benchmarks import reporting
+from benchmarks.word_lm.configs import (
+    AUTHORS_EPOCH10_TRAIN_PERPLEXITY,
+    OPTIMIZER_NAMES,
+    Config,
+    RunSpec,
+)
+
+
+def run_path(config: Config, run: RunSpec) -> Path:
+    """Where the result of `run` is written when it finishes."""
+    return Path(config.out) / "runs" / f"{run.name}.json"
+
+
+def write_run(config: Config, result: dict) -> None:
+    """Writes one finished run's result (its curves, perplexities and timing)."""
+    spec = RunSpec(result["optimizer"], result["learning_rate"], result["p_bound"], result["seed"])
+    reporting.write_json(run_path(config, spec), result)
+
+
+def load_finished(config: Config, run: RunSpec) -> dict | None:
+    """The saved result of `run` if it finished under the same protocol, else None."""
+    path = run_path(config, run)
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    # Through JSON, as the saved copy went (tuples become lists).
+    expected = json.loads(json.dumps(config.protocol()))
+    return result if result.get("protocol") == expected else None
+
+
+def _float(value) -> float:
+    # The JSON files store NaN and Inf as strings; float() reads both forms.
+    return math.nan if value is None else float(value)
+
+
+def best_per_optimizer(results: Sequence[dict], seed: int) -> list[dict]:
+    """Per optimiser, its run at `seed` with the lowest best validation perplexity."""
+    best: dict[str, dict] = {}
+    for result in results:
+        if result["seed"] != seed:
+            continue
+        score = _float(result["best_validation_perplexity"])
+        current = best.get(result["optimizer"])
+        if current is None or (
+            math.isfinite(score) and not score >= _float(current["best_validation_perplexity"])
+        ):
+            best[result["optimizer"]] = result
+    return [best[name] for name in OPTIMIZER_NAMES if name in best]
+
+
+def _setting(result: dict) -> str:
+    setting = f"lr {result['learning_rate']:g}"
+    if result["optimizer"] == "fromage":
+        setting += f", p_bound {result['p_bound']}"
+    return setting
+
+
+def authors_train_perplexity(result: dict) -> float | None:
+    """The authors' epoch-10 training perplexity at this setting, if they logged one."""
+    key = (result["optimizer"], result["learning_rate"], result["p_bound"])
+    return AUTHORS_EPOCH10_TRAIN_PERPLEXITY.get(key)
+
+
+def grid_rows(results: Sequence[dict], seed: int, decay_epoch: int) -> list[dict]:
+    """One row per setting at `seed`: our perplexities beside the authors' epoch-10 train one."""
+    return [
+        {
+            "optimizer": r["label"],
+            "setting": _setting(r),
+            "best val ppl": _float(r["best_validation_perplexity"]),
+            "best epoch": r["best_epoch"],
+            "test ppl (best val)": _float(r["test_perplexity"]),
+            f"train ppl ep {decay_epoch}": _float(r["train_perplexity_at_decay_epoch"]),
+            "final train ppl": _float(r["final_train_perplexity"]),
+            "authors' train ppl ep 10 (WT2)": authors_train_perplexity(r),
+        }
+        for r in results
+        if r["seed"] == seed
+    ]
+
+
+def _mean_std(values: Sequence) -> str:
+    values = np.asarray([_float(v) for v in values])
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
+
+
+def seed_rows(results: Sequence[dict], best: Sequence[dict], seeds: Sequence[int]) -> list[dict]:
+    """Per optimiser's best setting: the mean ± std over the seeds that finished."""
+    rows = []
+    for chosen in best:
+        runs = [r for r in results if r["setting"] == chosen["setting"] and r["seed"] in seeds]
+        runs.sort(key=lambda r: r["seed"])
+        rows.append(
+            {
+                "optimizer": chosen["label"],
+                "setting": _setting(chosen),
+                "seeds": ",".join(str(r["seed"]) for r in runs),
+                "best val ppl": _mean_std([r["best_validation_perplexity"] for r in runs]),
+                "test ppl (best val)": _mean_std([r["test_perplexity"] for r in runs]),
+                f"train ppl ep {chosen['decay_epoch']}": _mean_std(
+                    [r["train_perplexity_at_decay_epoch"] for r in runs]
+                ),
+                "authors' train ppl ep 10 (WT2)": authors_train_perplexity(chosen),
+            }
+        )
+    return rows
+
+
+def _timing(results: Sequence[dict]) -> dict:
+    """Wall time of every trained group (its runs share it), its epochs after the first (the
+    first may include compiling), and the total."""
+    groups = {" ".join(r["group"]): r for r in results}
+    return {
+        "group_seconds": {name: r["group_seconds"] for name, r in groups.items()},
+        "group_seconds_per_later_epoch": {
+            name: _later_epochs_mean(r) for name, r in groups.items()
+        },
+        "total_seconds": float(sum(r["group_seconds"] for r in groups.values())),
+    }
+
+
+def _later_epochs_mean(result: dict) -> float:
+    seconds = np.add(
+        result["group_train_seconds_per_epoch"], result["group_evaluation_seconds_per_epoch"]
+    )
+    return float(seconds[1:].mean() if len(seconds) > 1 else seconds[0])
+
+
+def corpus_info(data) -> dict:
+    """Sizes of the corpus and its windows (`benchmarks.word_lm.train.Data`), for the report."""
+    corpus = data.corpus
+    return {
+        "name": corpus.name,
+        "vocabulary_size": len(corpus.vocabulary),
+        "train_tokens": len(corpus.train),
+        "validation_tokens": len(corpus.validation),
+        "test_tokens": len(corpus.test),
+        "train_steps_per_epoch": int(data.train.inputs.shape[0]),
+    }
+
+
+def _markdown(config: Config, info: dict, grid: list[dict], seeds: list[dict], timing) -> str:
+    return "\n".join(
+        [
+            f"# Word-level transformer LM, preset `{config.preset}`",
+            "",
+            f"Corpus {info['name']}: vocabulary {info['vocabulary_size']} words, "
+            f"{info['train_tokens']} training tokens ({info['train_steps_per_epoch']} steps of "
+            f"{config.batch_size} × {config.bptt} per epoch), {info['validation_tokens']} "
+            f"validation and {info['test_tokens']} test tokens. Model: {config.num_layers} "
+            f"layers, width {config.width}, {config.num_heads} heads, feed-forward "
+            f"{config.hidden}, dropout {config.dropout}. {config.epochs} epochs, lr ÷ "
+            f"{config.decay_factor:g} after epoch {config.decay_after_epoch}. Test perplexity "
+            "at the best-validation epoch's parameters; train perplexity is the mean training "
+            "loss (dropout on) over the epoch's steps. The authors' numbers are WikiText-2.",
+            "",
+            f"## Every setting, seed {config.seeds[0]}",
+            "",
+            reporting.format_markdown_table(grid),
+            "",
+            "## Each optimiser's best setting (best validation), over seeds (mean ± std)",
+            "",
+            reporting.format_markdown_table(seeds),
+            "",
+            f"Total training time {timing['total_seconds']:.0f} s on {jax.devices()[0]}.",
+            "",
+        ]
+    )
+
+
+def write_outputs(config: Config, info: dict, results: Sequence[dict], finished: bool) -> dict:
+    """Writes word_lm.json, word_lm.md and word_lm.png of the finished `results`."""
+    best = best_per_optimizer(results, config.seeds[0])
+    decay_epoch = min(config.decay_after_epoch, config.epochs) or 1
+    grid = grid_rows(results, config.seeds[0], decay_epoch)
+    seeds = seed_rows(results, best, config.seeds)
+    timing = _timing(results)
+    summary = {
+        "benchmark": "word_lm",
+        "preset": config.preset,
+        "finished": finished,
+        "config": config,
+        "data": info,
+        "device": str(jax.devices()[0]),
+        "jax_version": jax.__version__,
+        "timing": timing,
+        "grid_rows": grid,
+        "seed_rows": seeds,
+        "best": [r["name"] for r in best],
+        "runs": [{k: v for k, v in r.items() if k != "protocol"} for r in results],
+    }
+    out = Path(config.out)
+    reporting.write_json(out / "word_lm.json", summary)
+    (out / "word_lm.md").write_text(_markdown(config, info, grid, seeds, timing))
+    series = {
+        f"{r['label']} ({_setting(r)})": (r["epochs"], _validation_curve(r))
+        for r in results
+        if r["seed"] == config.seeds[0]
+    }
+    if series:
+        reporting.line_plot(
+            out / "word_lm.png",
+            series,
+            xlabel="epoch",
+            ylabel="validation perplexity",
+            title=f"Word-level transformer LM ({config.preset}) on {Path(info['name']).name}",
+            logy=True,
+        )
+    return summary
+
+
+def _validation_curve(result: dict) -> list[float]:
+    # Diverged epochs (inf or NaN) are left out of the plot rather than drawn off the scale.
+    values = [_float(v) for v in result["validation_perplexity_per_epoch"]]
+    return [v if math.isfinite(v) else math.nan for v in values]
