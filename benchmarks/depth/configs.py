@@ -94,11 +94,15 @@ LONG_PIECE_ORDER = (
     "fromage_d32_w128",
     "adam_d16_w128",
     "fromage_d16_w128",
+    "adam_d24_w128_s1-2",
+    "fromage_d32_w128_s1-2",
+    "adam_d32_w128_s1-2",
+    "fromage_d24_w128_s1-2",
     "sgd_d10_w64_s1-2",
     "sgd_d12_w64_s1-2",
     "fromage_d48_w64_s1-2",
 )
-# The pieces near each optimiser's width-64 cliff, repeated with seeds 1 and 2.
+# The pieces near each optimiser's cliff, repeated with seeds 1 and 2.
 LONG_SEED_STUDY_PIECES = (
     "sgd_d10_w64",
     "sgd_d12_w64",
@@ -108,6 +112,11 @@ LONG_SEED_STUDY_PIECES = (
     "fromage_d32_w64",
     "fromage_d40_w64",
     "fromage_d48_w64",
+    # Width 128 (one lr each) around Adam's cliff.
+    "adam_d24_w128",
+    "adam_d32_w128",
+    "fromage_d24_w128",
+    "fromage_d32_w128",
 )
 
 

@@ -63,9 +63,9 @@ class Piece:
 
 def all_pieces(config: Config) -> list[Piece]:
     """Every piece of `config`: each optimiser at its depths (width `config.width`, its three
-    lrs), then the seed study (the pieces named in `seed_study_pieces` again with the seeds
-    `seed_study`), then the width study (each width x depth, one lr per optimiser, the seeds
-    `width_study_seeds`); `piece_order` first."""
+    lrs), the width study (each width x depth, one lr per optimiser, the seeds
+    `width_study_seeds`), then the seed study (the pieces named in `seed_study_pieces` again
+    with the seeds `seed_study`); `piece_order` first."""
     seeds = tuple(config.seeds)
 
     def piece(optimizer, depth, width, lrs, piece_seeds=seeds):
@@ -76,12 +76,6 @@ def all_pieces(config: Config) -> list[Piece]:
         for o in config.optimizers
         for d in config.depths_of(o)
     ]
-    if config.seed_study:
-        pieces += [
-            piece(p.optimizer, p.depth, p.width, p.learning_rates, config.seed_study)
-            for p in list(pieces)
-            if p.name in config.seed_study_pieces
-        ]
     study_lrs = dict(config.width_study_learning_rates)
     pieces += [
         piece(o, d, w, (study_lrs[o],), config.width_study_seeds or seeds)
@@ -90,6 +84,12 @@ def all_pieces(config: Config) -> list[Piece]:
         for o in config.optimizers
         if o in study_lrs
     ]
+    if config.seed_study:
+        pieces += [
+            piece(p.optimizer, p.depth, p.width, p.learning_rates, config.seed_study)
+            for p in list(pieces)
+            if p.name in config.seed_study_pieces
+        ]
     first = {name: rank for rank, name in enumerate(config.piece_order)}
     return sorted(pieces, key=lambda p: first.get(p.name, len(first)))
 
