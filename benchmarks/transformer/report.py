@@ -33,6 +33,10 @@ def summarise_run(run: RunSpec, history: dict, *, tokens_per_step: int) -> dict:
         "p_bound": run.p_bound,
         "schedule": run.schedule,
         "momentum": run.momentum,
+        "weight_decay": run.weight_decay if run.optimizer == "adamw" else None,
+        "adamw_learning_rate": run.adamw_learning_rate,
+        "norms": run.norms if run.optimizer == "fromage_adamw" else None,
+        "selection": run.selection if run.optimizer == "fromage_adamw" else None,
         "steps": history["step"][-1],
         "diverged": history["diverged"] or not math.isfinite(final_validation),
         "best_validation_loss": best,
@@ -57,8 +61,11 @@ def _perplexity(loss: float) -> float:
 
 
 def variant(result: dict) -> str:
-    """The optimiser's name, with "+momentum" for Fromage fed a gradient average."""
-    if result.get("momentum") is not None:
+    """The optimiser's name, with "+momentum" for Fromage fed a gradient average.
+
+    The recipe's momentum is one of its searched settings, not a variant.
+    """
+    if result["optimizer"] == "fromage" and result.get("momentum") is not None:
         return f"{result['optimizer']}+momentum"
     return result["optimizer"]
 
@@ -80,10 +87,16 @@ def best_per_optimizer(results: Sequence[dict]) -> list[dict]:
 
 def _setting(result: dict) -> str:
     setting = f"lr={result['learning_rate']:g}"
-    if result["optimizer"] == "fromage":
+    if result["optimizer"] == "fromage_adamw":
+        setting += f", AdamW lr={result['adamw_learning_rate']:g}"
+    if result["optimizer"] in ("fromage", "fromage_adamw"):
         setting += f", p_bound={result['p_bound']}"
         if result.get("momentum") is not None:
             setting += f", momentum={result['momentum']:g}"
+    if result["optimizer"] == "fromage_adamw":
+        setting += f", norms per {result['norms']}, Fromage on {result['selection']}"
+    if result["optimizer"] == "adamw" and result.get("weight_decay", 0.1) != 0.1:
+        setting += f", weight decay={result['weight_decay']:g}"
     if result["schedule"] == "cosine":
         setting += " (warm-up+cosine)"
     return setting
@@ -102,9 +115,24 @@ def table_rows(results: Sequence[dict]) -> list[dict]:
             "wall s": r["wall_time_s"],
             "tokens/s": r["tokens_per_s"],
             "max ΔW/W": r["history"]["max_relative_update_norm"][-1],
+            **_scale_columns(r["history"]),
         }
         for r in results
     ]
+
+
+def _scale_columns(history: dict) -> dict:
+    """Final ‖W‖/‖W₀‖ (kernels: geometric mean; token embedding) and logit RMS, if recorded."""
+    if "final_weight_norm_ratios" not in history:
+        return {}
+    ratios = history["final_weight_norm_ratios"]
+    kernels = [ratio for path, ratio in ratios.items() if "kernel" in path]
+    embedding = [ratio for path, ratio in ratios.items() if "token_embedding" in path]
+    return {
+        "kernel ‖W‖/‖W₀‖": float(np.exp(np.mean(np.log(kernels)))) if kernels else math.nan,
+        "embedding ‖W‖/‖W₀‖": embedding[0] if embedding else math.nan,
+        "logit rms": history["final_logit_rms"],
+    }
 
 
 def gap_to_adamw(best: Sequence[dict], name: str) -> float | None:
@@ -126,8 +154,11 @@ def print_tables(experiment, results: Sequence[dict], best: Sequence[dict]) -> N
     print(reporting.format_table(table_rows(best)))
     print("\n" + reporting.format_markdown_table(table_rows(best)))
     gap, momentum_gap = gap_to_adamw(best, "fromage"), gap_to_adamw(best, "fromage+momentum")
+    recipe_gap = gap_to_adamw(best, "fromage_adamw")
     if gap is not None:
         print(f"\nFromage best − AdamW best validation loss: {gap:+.4f} nats/byte")
+    if recipe_gap is not None:
+        print(f"Fromage+AdamW recipe best − AdamW best validation loss: {recipe_gap:+.4f}")
     if momentum_gap is not None:
         print(f"Fromage+momentum best − AdamW best validation loss: {momentum_gap:+.4f} nats/byte")
 
@@ -155,6 +186,7 @@ def write_outputs(experiment, results: Sequence[dict]) -> dict:
         "best": [{k: v for k, v in r.items() if k != "history"} for r in best],
         "fromage_minus_adamw_best_validation_loss": gap_to_adamw(best, "fromage"),
         "fromage_momentum_minus_adamw_best_validation_loss": gap_to_adamw(best, "fromage+momentum"),
+        "fromage_adamw_minus_adamw_best_validation_loss": gap_to_adamw(best, "fromage_adamw"),
     }
     out = Path(config.out)
     reporting.write_json(out / "transformer.json", summary)
