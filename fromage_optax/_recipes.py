@@ -23,12 +23,13 @@ FROMAGE_LABEL = "fromage"
 ADAMW_LABEL = "adamw"
 
 
-def _key_name(key: Any) -> str:
-    """The name a key-path entry stands for (dict key, attribute or index), as a string."""
-    for field in ("key", "name", "idx"):
-        if hasattr(key, field):
-            return str(getattr(key, field))
-    return str(key)
+def _key_name(key: Any) -> str | None:
+    """The name of a key-path entry (a dict key or an attribute) as a string; None for indices."""
+    if isinstance(key, jax.tree_util.DictKey):
+        return str(key.key)
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return key.name
+    return None
 
 
 def _names(value: Any, argument: str) -> frozenset[str] | None:
@@ -61,12 +62,12 @@ def kernel_mask(
     * no key on its path is one of `exclude` (e.g. ``("output_head",)`` to give
       an untied output layer the other optimiser).
 
-    Keys are compared as strings: dict keys, attribute names (``nnx.State``,
-    dataclasses) and sequence indices. With the defaults, the Dense and Conv
-    kernels of a Flax model are selected (also the 3-D kernels of blocks
-    stacked by ``nn.scan``), while its embeddings (``"embedding"``), biases and
-    LayerNorm scales are not. ``None`` leaves and ``optax.MaskedNode``\\ s are
-    not leaves of a pytree, so they stay as they are.
+    Names are dict keys (compared as strings) and attribute names (``nnx.State``,
+    dataclasses, named tuples); list and tuple indices are not names. With the
+    defaults, the Dense and Conv kernels of a Flax model are selected (also the
+    3-D kernels of blocks stacked by ``nn.scan``), while its embeddings
+    (``"embedding"``), biases and LayerNorm scales are not. ``None`` and
+    ``optax.MaskedNode`` are empty subtrees, not leaves: they stay as they are.
 
     Args:
       names: the leaf names that may be selected, or None for every name.
@@ -83,7 +84,7 @@ def kernel_mask(
       TypeError: if `names` or `exclude` is a single string or holds non-strings.
       ValueError: if `names` is empty or `min_ndim` is negative; and, from the
         returned function, if `names` is given but no leaf of the tree has a
-        named path (a list of arrays, say), where ``names=None`` is meant.
+        name (a bare array or a list of arrays), where ``names=None`` is meant.
 
     Example:
       >>> import jax.numpy as jnp
@@ -114,11 +115,15 @@ def kernel_mask(
 
     def mask_fn(params: Any) -> Any:
         paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-        if leaf_names is not None and paths and not any(paths):
+        if (
+            leaf_names is not None
+            and paths
+            and not any(path and _key_name(path[-1]) is not None for path in paths)
+        ):
             raise ValueError(
-                f"kernel_mask: names={sorted(leaf_names)} but the params' leaves have no "
-                "names (the tree is a bare array or nests only unnamed containers?); pass "
-                "names=None to select by shape alone."
+                f"kernel_mask: names={sorted(leaf_names)}, but no leaf of the params has a "
+                "name (a dict key or an attribute); the tree is a bare array or a list of "
+                "arrays? Pass names=None to select by shape alone."
             )
         return jax.tree_util.tree_map_with_path(is_selected, params)
 
