@@ -33,6 +33,8 @@ def test_quick_preset_end_to_end(tmp_path, capsys):
     summary = transformer_cli.main(["--preset", "quick", "--out", str(tmp_path), "--no-progress"])
     results = json.loads((tmp_path / "transformer.json").read_text())
     assert (tmp_path / "transformer.png").stat().st_size > 1000
+    markdown = (tmp_path / "transformer.md").read_text()
+    assert "## Every run" in markdown and "best fromage_adamw − best adamw" in markdown
     preset = configs.PRESETS["quick"]
     assert len(results["runs"]) == len(configs.grid(preset, configs.OPTIMIZER_NAMES))
     assert {r["optimizer"] for r in results["runs"]} == set(configs.OPTIMIZER_NAMES)

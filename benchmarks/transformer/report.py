@@ -163,8 +163,35 @@ def print_tables(experiment, results: Sequence[dict], best: Sequence[dict]) -> N
         print(f"Fromage+momentum best − AdamW best validation loss: {momentum_gap:+.4f} nats/byte")
 
 
+def markdown_report(experiment, results: Sequence[dict], best: Sequence[dict]) -> str:
+    """transformer.md: every run and each optimiser's best, as markdown tables, and the gaps."""
+    config = experiment.config
+    model = experiment.model.config
+    lines = [
+        f"# GPT `{config.preset}` preset on {experiment.corpus.name}",
+        "",
+        f"{config.steps} steps × {config.batch_size} × {model.context_length} bytes, "
+        f"init {model.init}, seed {config.seed}; losses in nats/byte. Written by "
+        "`benchmarks/transformer/report.py`.",
+        "",
+        "## Every run",
+        "",
+        reporting.format_markdown_table(table_rows(results)),
+        "",
+        "## Each optimiser at its best setting",
+        "",
+        reporting.format_markdown_table(table_rows(best)),
+        "",
+    ]
+    for name in ("fromage", "fromage+momentum", "fromage_adamw"):
+        gap = gap_to_adamw(best, name)
+        if gap is not None:
+            lines.append(f"- best {name} − best adamw validation loss: {gap:+.4f} nats/byte")
+    return "\n".join(lines) + "\n"
+
+
 def write_outputs(experiment, results: Sequence[dict]) -> dict:
-    """Prints the tables, writes transformer.json and transformer.png; returns the summary."""
+    """Prints the tables, writes transformer.json, .md and .png; returns the summary."""
     config, corpus = experiment.config, experiment.corpus
     best = best_per_optimizer(results)
     print_tables(experiment, results, best)
@@ -190,6 +217,7 @@ def write_outputs(experiment, results: Sequence[dict]) -> dict:
     }
     out = Path(config.out)
     reporting.write_json(out / "transformer.json", summary)
+    (out / "transformer.md").write_text(markdown_report(experiment, results, best))
     series = {
         f"{r['label']} ({_setting(r)})": (r["history"]["step"], r["history"]["validation_loss"])
         for r in best
