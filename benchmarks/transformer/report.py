@@ -190,6 +190,12 @@ def markdown_report(experiment, results: Sequence[dict], best: Sequence[dict]) -
     return "\n".join(lines) + "\n"
 
 
+def _plot_label(result: dict) -> str:
+    """The legend entry of a run: its label and setting, or its (shorter) run name."""
+    label = f"{result['label']} ({_setting(result)})"
+    return label if len(label) <= 60 else f"{LABELS[result['optimizer']]} ({result['name']})"
+
+
 def write_outputs(experiment, results: Sequence[dict]) -> dict:
     """Prints the tables, writes transformer.json, .md and .png; returns the summary."""
     config, corpus = experiment.config, experiment.corpus
@@ -218,10 +224,7 @@ def write_outputs(experiment, results: Sequence[dict]) -> dict:
     out = Path(config.out)
     reporting.write_json(out / "transformer.json", summary)
     (out / "transformer.md").write_text(markdown_report(experiment, results, best))
-    series = {
-        f"{r['label']} ({_setting(r)})": (r["history"]["step"], r["history"]["validation_loss"])
-        for r in best
-    }
+    series = {_plot_label(r): (r["history"]["step"], r["history"]["validation_loss"]) for r in best}
     reporting.line_plot(
         out / "transformer.png",
         series,
