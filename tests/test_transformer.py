@@ -217,6 +217,23 @@ def test_recipe_grid_names_and_optimizer():
     with pytest.raises(ValueError, match="unknown recipe selection"):
         configs.recipe_mask("all")
 
+    # AdamW's weight decay in the recipe reaches the embeddings only, not LayerNorm or biases.
+    decayed = dataclasses.replace(runs[0], weight_decay=0.5)
+    assert decayed.name == "fromage_adamw_lr0.03_alr0.003_pNone_wd0.5"
+    optimizer = configs.make_optimizer(decayed, steps=10, warmup_steps=2)
+    state = optimizer.init(params)
+    zeros = jax.tree.map(jax.numpy.zeros_like, params)
+    for _ in range(2):  # the second step runs at half the peak learning rate
+        updates, state = optimizer.update(zeros, state, params)
+    embedding = params["token_embedding"]["embedding"]
+    # −lr·wd·W: the schedule's value and two products, each rounded once in float32.
+    np.testing.assert_allclose(
+        updates["token_embedding"]["embedding"],
+        -0.003 / 2 * 0.5 * embedding,
+        rtol=4 * np.finfo(np.float32).eps,
+    )
+    assert not np.any(updates["block_0"]["mlp_norm"]["scale"])
+
     grads = jax.tree.map(lambda w: jax.numpy.cos(w * 50.0), params)
     neuron = next(r for r in runs if r.norms == "neuron" and r.selection == "matrices")
     optimizer = configs.make_optimizer(neuron, steps=10, warmup_steps=2)

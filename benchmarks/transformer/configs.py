@@ -52,11 +52,12 @@ class Config:
         gradients' exponential moving average ``optax.trace(β)`` (a variant).
       adamw_weight_decays: AdamW's decoupled weight decay on the matrices.
       recipe_learning_rates, recipe_adamw_learning_rates, recipe_p_bounds,
-      recipe_momenta, recipe_norms, recipe_selections: the grid of
+      recipe_momenta, recipe_norms, recipe_selections, recipe_weight_decays: the grid of
         fromage_optax.fromage_with_adamw (Fromage's peak lr, AdamW's peak lr,
         both warm-up + cosine; Fromage's p_bound, momentum, norms per "tensor"
         or per output "neuron"; Fromage on the "kernels" of the blocks, or on
-        every "matrices" including the embeddings).
+        every "matrices" including the embeddings; AdamW's decoupled weight decay
+        on the embeddings it updates).
       optimizers: which of `OPTIMIZER_NAMES` run.
       scan_layers, dtype, init: override the model preset's (None: keep it).
       data, data_dir: a UTF-8 text file (split 90/10), or a WikiText-2 folder;
@@ -111,6 +112,7 @@ class Config:
     recipe_selections: tuple[str, ...] = dataclasses.field(
         default=("kernels",), metadata={"choices": RECIPE_SELECTIONS}
     )
+    recipe_weight_decays: tuple[float, ...] = (0.0,)
     optimizers: tuple[str, ...] = dataclasses.field(
         default=OPTIMIZER_NAMES, metadata={"choices": OPTIMIZER_NAMES}
     )
@@ -189,7 +191,7 @@ class RunSpec:
     p_bound: float | None = None
     schedule: str = "constant"  # or "cosine": warm-up + cosine decay to lr/10
     momentum: float | None = None  # fromage(_adamw): Fromage steps along an EMA of gradients
-    weight_decay: float = 0.1  # adamw: decoupled decay on the matrices
+    weight_decay: float = 0.1  # adamw: decay on the matrices; fromage_adamw: on AdamW's embeddings
     adamw_learning_rate: float | None = None  # fromage_adamw: AdamW's lr on the other tensors
     norms: str = "tensor"  # fromage_adamw: "tensor" or "neuron" (per output unit)
     selection: str = "kernels"  # fromage_adamw: see RECIPE_SELECTIONS
@@ -206,6 +208,7 @@ class RunSpec:
         if self.optimizer == "fromage_adamw":
             name += "" if self.norms == "tensor" else f"_{self.norms}"
             name += "" if self.selection == "kernels" else f"_{self.selection}"
+            name += "" if self.weight_decay == 0 else f"_wd{self.weight_decay:g}"
         if self.optimizer == "adamw" and self.weight_decay != 0.1:
             name += f"_wd{self.weight_decay:g}"
         if self.optimizer in ("fromage", "optax_fromage") and self.schedule != "constant":
@@ -242,7 +245,9 @@ def grid(config: Config, names: Sequence[str]) -> list[RunSpec]:
                     adamw_learning_rate=adamw_lr,
                     norms=norms,
                     selection=selection,
+                    weight_decay=decay,
                 )
+                for decay in config.recipe_weight_decays
                 for selection in config.recipe_selections
                 for norms in config.recipe_norms
                 for momentum in config.recipe_momenta
@@ -323,7 +328,8 @@ def make_optimizer(
     norm at 1; clipping would not change a Fromage step, which ignores
     gradient scale. The recipe (``fromage_adamw``) runs Fromage on the tensors
     of ``run.selection`` and AdamW (β₂ = 0.99, no weight decay, no clipping) on
-    the rest, both with warm-up + cosine from their own peak learning rates.
+    the rest, both with warm-up + cosine from their own peak learning rates;
+    AdamW decays (``run.weight_decay``) only the embeddings among its tensors.
     """
     if run.schedule == "cosine":
         learning_rate = optimizers.warmup_cosine(run.learning_rate, warmup_steps, steps)
@@ -352,6 +358,8 @@ def make_optimizer(
             "layer_axes": _recipe_layer_axes(run.norms, layer_axes),
             "momentum": run.momentum,
             "b2": 0.99,
+            "weight_decay": run.weight_decay,
+            "weight_decay_mask": matrix_mask,
         }
     if run.optimizer not in options:
         raise ValueError(f"unknown optimizer {run.optimizer!r}; choose from {OPTIMIZER_NAMES}")

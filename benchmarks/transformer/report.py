@@ -33,7 +33,7 @@ def summarise_run(run: RunSpec, history: dict, *, tokens_per_step: int) -> dict:
         "p_bound": run.p_bound,
         "schedule": run.schedule,
         "momentum": run.momentum,
-        "weight_decay": run.weight_decay if run.optimizer == "adamw" else None,
+        "weight_decay": run.weight_decay if run.optimizer in ("adamw", "fromage_adamw") else None,
         "adamw_learning_rate": run.adamw_learning_rate,
         "norms": run.norms if run.optimizer == "fromage_adamw" else None,
         "selection": run.selection if run.optimizer == "fromage_adamw" else None,
@@ -95,6 +95,8 @@ def _setting(result: dict) -> str:
             setting += f", momentum={result['momentum']:g}"
     if result["optimizer"] == "fromage_adamw":
         setting += f", norms per {result['norms']}, Fromage on {result['selection']}"
+        if result.get("weight_decay"):
+            setting += f", AdamW weight decay={result['weight_decay']:g}"
     if result["optimizer"] == "adamw" and result.get("weight_decay", 0.1) != 0.1:
         setting += f", weight decay={result['weight_decay']:g}"
     if result["schedule"] == "cosine":
