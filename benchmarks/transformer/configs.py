@@ -359,7 +359,8 @@ def make_optimizer(
             "momentum": run.momentum,
             "b2": 0.99,
             "weight_decay": run.weight_decay,
-            "weight_decay_mask": matrix_mask,
+            # Without decay no mask, so the state (and checkpoints) stay those of plain AdamW.
+            "weight_decay_mask": matrix_mask if run.weight_decay else None,
         }
     if run.optimizer not in options:
         raise ValueError(f"unknown optimizer {run.optimizer!r}; choose from {OPTIMIZER_NAMES}")
