@@ -8,6 +8,7 @@ same optax function::
   create("fromage", 0.01)                              # fromage_optax.fromage(0.01)
   create("adam", 1e-4, b1=0.0)                         # optax.adam(1e-4, b1=0.0)
   create("sgd", 0.1, momentum=0.9, clip_norm=1.0)      # clip_by_global_norm(1), then SGD
+  create("fromage_adamw", 0.03, adamw_learning_rate=3e-3)  # Fromage on kernels, AdamW on the rest
 
 `make_optimizer` adds what the experiments' train steps need: the relative
 trust monitor last (``fromage_optax.monitor_relative_trust``: how far each step
@@ -62,6 +63,32 @@ def fromage(learning_rate, *, p_bound=None, layer_axes=None, momentum=None):
     return optimizer
 
 
+def fromage_adamw(
+    learning_rate,
+    *,
+    adamw_learning_rate,
+    fromage_mask=None,
+    p_bound=None,
+    layer_axes=None,
+    momentum=None,
+    b2=0.999,
+    weight_decay=0.0,
+    weight_decay_mask=None,
+):
+    """``fromage_optax.fromage_with_adamw``: Fromage on the masked kernels, AdamW on the rest."""
+    return fromage_optax.fromage_with_adamw(
+        learning_rate,
+        adamw_learning_rate,
+        fromage_mask=fromage_mask,
+        p_bound=p_bound,
+        layer_axes=layer_axes,
+        momentum=momentum,
+        b2=b2,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+    )
+
+
 def optax_fromage(learning_rate):
     """``optax.fromage`` (its norms clamped at 1e-6)."""
     return optax.fromage(learning_rate)
@@ -73,6 +100,7 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "adamw": adamw,
     "lars": lars,
     "fromage": fromage,
+    "fromage_adamw": fromage_adamw,
     "optax_fromage": optax_fromage,
 }
 LABELS = {
@@ -81,6 +109,7 @@ LABELS = {
     "adamw": "optax.adamw",
     "lars": "optax.lars",
     "fromage": "fromage_optax.fromage",
+    "fromage_adamw": "fromage_optax.fromage_with_adamw",
     "optax_fromage": "optax.fromage",
 }
 

@@ -14,6 +14,7 @@ from fromage_optax._diagnostics import (
 )
 from fromage_optax._fromage import FromageState, fromage
 from fromage_optax._layer_axes import scanned_layer_axes
+from fromage_optax._recipes import fromage_with_adamw, kernel_mask
 from fromage_optax._scale_by_fromage import ScaleByFromageState, scale_by_fromage
 from fromage_optax._weight_norm import (
     BoundWeightNormState,
@@ -34,6 +35,8 @@ __all__ = (
     "control_weight_norm",
     "deep_relative_trust",
     "fromage",
+    "fromage_with_adamw",
+    "kernel_mask",
     "log_deep_relative_trust",
     "monitor_relative_trust",
     "relative_trust_metrics",

@@ -10,6 +10,8 @@ import fromage_optax
 from benchmarks import optimizers
 
 PARAMS = {"w": jnp.arange(6.0).reshape(2, 3) - 2.0, "b": jnp.ones(3)}
+# "kernel": the name fromage_with_adamw's default mask gives Fromage ("w" and "b" get AdamW).
+PARAMS["layer"] = {"kernel": jnp.arange(12.0).reshape(3, 4) / 7 - 0.5, "bias": jnp.zeros(4)}
 GRADS = jax.tree.map(lambda p: jnp.cos(p) + 0.5, PARAMS)
 
 
@@ -27,6 +29,11 @@ def _updates(optimizer):
         ("lars", {}, optax.lars(0.1)),
         ("fromage", {"p_bound": 2.0}, fromage_optax.fromage(0.1, p_bound=2.0)),
         ("optax_fromage", {}, optax.fromage(0.1)),
+        (
+            "fromage_adamw",
+            {"adamw_learning_rate": 1e-3, "momentum": 0.5, "weight_decay": 0.1},
+            fromage_optax.fromage_with_adamw(0.1, 1e-3, momentum=0.5, weight_decay=0.1),
+        ),
         (
             "sgd",
             {"clip_norm": 1.0},

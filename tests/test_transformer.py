@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from _reference import reference_step, relative_error
 
 import fromage_optax
 from benchmarks.models import gpt
@@ -32,6 +33,8 @@ def test_quick_preset_end_to_end(tmp_path, capsys):
     summary = transformer_cli.main(["--preset", "quick", "--out", str(tmp_path), "--no-progress"])
     results = json.loads((tmp_path / "transformer.json").read_text())
     assert (tmp_path / "transformer.png").stat().st_size > 1000
+    markdown = (tmp_path / "transformer.md").read_text()
+    assert "## Every run" in markdown and "best fromage_adamw − best adamw" in markdown
     preset = configs.PRESETS["quick"]
     assert len(results["runs"]) == len(configs.grid(preset, configs.OPTIMIZER_NAMES))
     assert {r["optimizer"] for r in results["runs"]} == set(configs.OPTIMIZER_NAMES)
@@ -53,6 +56,11 @@ def test_quick_preset_end_to_end(tmp_path, capsys):
         assert run["tokens_per_s"] > 0 and run["wall_time_s"] > 0
         assert history["max_relative_update_norm"][0] is None
         assert all(x > 0 for x in history["max_relative_update_norm"][1:])
+        # The scales each optimiser reached, recorded at the end.
+        ratios = history["final_weight_norm_ratios"]
+        assert set(ratios) == set(history["final_weight_norms"])
+        assert any("kernel" in path for path in ratios) and all(r > 0 for r in ratios.values())
+        assert history["final_logit_rms"] > 0
         if run["optimizer"] == "fromage":
             # Fromage moves every weight matrix by about η = lr relative to its norm.
             assert history["max_relative_update_norm"][-1] == pytest.approx(
@@ -183,3 +191,72 @@ def test_fromage_momentum_variant_is_separate():
         ("fromage", 1.5),
         ("fromage+momentum", 1.0),
     ]
+
+
+def test_recipe_grid_names_and_optimizer():
+    preset = dataclasses.replace(
+        configs.PRESETS["quick"],
+        recipe_learning_rates=(0.03, 0.01),
+        recipe_norms=("tensor", "neuron"),
+        recipe_selections=("kernels", "matrices"),
+        recipe_momenta=(None, 0.9),
+    )
+    runs = configs.grid(preset, ["fromage_adamw"])
+    names = [r.name for r in runs]
+    assert len(set(names)) == len(runs) == 16
+    assert names[0] == "fromage_adamw_lr0.03_alr0.003_pNone"
+    assert "fromage_adamw_lr0.01_alr0.003_pNone_m0.9_neuron_matrices" in names
+    adamw = configs.grid(dataclasses.replace(preset, adamw_weight_decays=(0.1, 0.0)), ["adamw"])
+    assert [r.name for r in adamw] == ["adamw_lr0.001", "adamw_lr0.001_wd0"]
+
+    params = gpt.init_gpt_params(gpt.gpt_config("quick"), jax.random.key(0))
+    kernels = configs.recipe_mask("kernels")(params)
+    assert kernels["block_0"]["mlp_in"]["kernel"] and not kernels["token_embedding"]["embedding"]
+    matrices = configs.recipe_mask("matrices")(params)
+    assert matrices["token_embedding"]["embedding"] and not matrices["block_0"]["mlp_in"]["bias"]
+    with pytest.raises(ValueError, match="unknown recipe selection"):
+        configs.recipe_mask("all")
+
+    # AdamW's weight decay in the recipe reaches the embeddings only, not LayerNorm or biases.
+    decayed = dataclasses.replace(runs[0], weight_decay=0.5)
+    assert decayed.name == "fromage_adamw_lr0.03_alr0.003_pNone_wd0.5"
+    optimizer = configs.make_optimizer(decayed, steps=10, warmup_steps=2)
+    state = optimizer.init(params)
+    zeros = jax.tree.map(jax.numpy.zeros_like, params)
+    for _ in range(2):  # the second step runs at half the peak learning rate
+        updates, state = optimizer.update(zeros, state, params)
+    embedding = params["token_embedding"]["embedding"]
+    # −lr·wd·W: the schedule's value and two products, each rounded once in float32.
+    np.testing.assert_allclose(
+        updates["token_embedding"]["embedding"],
+        -0.003 / 2 * 0.5 * embedding,
+        rtol=4 * np.finfo(np.float32).eps,
+    )
+    assert not np.any(updates["block_0"]["mlp_norm"]["scale"])
+
+    grads = jax.tree.map(lambda w: jax.numpy.cos(w * 50.0), params)
+    neuron = next(r for r in runs if r.norms == "neuron" and r.selection == "matrices")
+    optimizer = configs.make_optimizer(neuron, steps=10, warmup_steps=2)
+    state = optimizer.init(params)
+    for _ in range(2):  # warm-up: no step at count 0, then lr/2
+        updates, state = optimizer.update(grads, state, params)
+    eta = neuron.learning_rate / 2
+    # One norm per output unit: a Dense kernel's last axis, an embedding's rows (token vectors).
+    for w, g, update, unit_axis in [
+        (
+            params["block_0"]["mlp_in"]["kernel"],
+            grads["block_0"]["mlp_in"]["kernel"],
+            updates["block_0"]["mlp_in"]["kernel"],
+            1,
+        ),
+        (
+            params["token_embedding"]["embedding"],
+            grads["token_embedding"]["embedding"],
+            updates["token_embedding"]["embedding"],
+            0,
+        ),
+    ]:
+        expected = reference_step(w, g, eta, layer_axes=(unit_axis,))
+        # float32 rounding: sums of the n squares in each norm, and a few operations more.
+        tolerance = (w.shape[1 - unit_axis] + 8) * np.finfo(np.float32).eps
+        assert relative_error(np.asarray(w) + np.asarray(update), expected) < tolerance

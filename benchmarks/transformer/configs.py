@@ -9,15 +9,21 @@ from typing import Any
 import jax
 import optax
 
+import fromage_optax
 from benchmarks import optimizers
 
-OPTIMIZER_NAMES = ("fromage", "adamw", "sgd", "optax_fromage")
+OPTIMIZER_NAMES = ("fromage", "adamw", "sgd", "optax_fromage", "fromage_adamw")
 LABELS = {
     "fromage": "fromage_optax.fromage",
     "adamw": "optax.adamw",
     "sgd": "optax.sgd (momentum 0.9)",
     "optax_fromage": "optax.fromage",
+    "fromage_adamw": "fromage_optax.fromage_with_adamw",
 }
+# Which tensors the recipe (fromage_adamw) gives Fromage; AdamW updates the rest.
+RECIPE_SELECTIONS = ("kernels", "matrices")
+# The recipe's Fromage norms: one per tensor (the paper) or one per output unit (as Nero).
+RECIPE_NORMS = ("tensor", "neuron")
 # Leaves that are weight matrices (the "layers" of deep relative trust, and the
 # leaves AdamW decays); biases and LayerNorm parameters are left out.
 MATRIX_LEAF_NAMES = ("kernel", "embedding", "position_embedding")
@@ -44,6 +50,14 @@ class Config:
       fromage_schedules: "constant" (the paper) and/or "cosine" for fromage_optax.fromage.
       fromage_momenta: None (the paper) and/or β: fromage_optax.fromage fed the
         gradients' exponential moving average ``optax.trace(β)`` (a variant).
+      adamw_weight_decays: AdamW's decoupled weight decay on the matrices.
+      recipe_learning_rates, recipe_adamw_learning_rates, recipe_p_bounds,
+      recipe_momenta, recipe_norms, recipe_selections, recipe_weight_decays: the grid of
+        fromage_optax.fromage_with_adamw (Fromage's peak lr, AdamW's peak lr,
+        both warm-up + cosine; Fromage's p_bound, momentum, norms per "tensor"
+        or per output "neuron"; Fromage on the "kernels" of the blocks, or on
+        every "matrices" including the embeddings; AdamW's decoupled weight decay
+        on the embeddings it updates).
       optimizers: which of `OPTIMIZER_NAMES` run.
       scan_layers, dtype, init: override the model preset's (None: keep it).
       data, data_dir: a UTF-8 text file (split 90/10), or a WikiText-2 folder;
@@ -79,6 +93,26 @@ class Config:
     fromage_momenta: tuple[float | None, ...] = dataclasses.field(
         default=(None,), metadata={"help": "'none' (the paper) and/or β: along optax.trace(β)"}
     )
+    adamw_weight_decays: tuple[float, ...] = (0.1,)
+    recipe_learning_rates: tuple[float, ...] = dataclasses.field(
+        default=(0.03,), metadata=_lrs("--recipe-lrs")
+    )
+    recipe_adamw_learning_rates: tuple[float, ...] = dataclasses.field(
+        default=(3e-3,), metadata=_lrs("--recipe-adamw-lrs")
+    )
+    recipe_p_bounds: tuple[float | None, ...] = dataclasses.field(
+        default=(None,), metadata={"help": "numbers or 'none'"}
+    )
+    recipe_momenta: tuple[float | None, ...] = dataclasses.field(
+        default=(None,), metadata={"help": "'none' and/or β: Fromage along optax.trace(β)"}
+    )
+    recipe_norms: tuple[str, ...] = dataclasses.field(
+        default=("tensor",), metadata={"choices": RECIPE_NORMS}
+    )
+    recipe_selections: tuple[str, ...] = dataclasses.field(
+        default=("kernels",), metadata={"choices": RECIPE_SELECTIONS}
+    )
+    recipe_weight_decays: tuple[float, ...] = (0.0,)
     optimizers: tuple[str, ...] = dataclasses.field(
         default=OPTIMIZER_NAMES, metadata={"choices": OPTIMIZER_NAMES}
     )
@@ -156,15 +190,27 @@ class RunSpec:
     learning_rate: float
     p_bound: float | None = None
     schedule: str = "constant"  # or "cosine": warm-up + cosine decay to lr/10
-    momentum: float | None = None  # fromage only: Fromage steps along an EMA of gradients
+    momentum: float | None = None  # fromage(_adamw): Fromage steps along an EMA of gradients
+    weight_decay: float = 0.1  # adamw: decay on the matrices; fromage_adamw: on AdamW's embeddings
+    adamw_learning_rate: float | None = None  # fromage_adamw: AdamW's lr on the other tensors
+    norms: str = "tensor"  # fromage_adamw: "tensor" or "neuron" (per output unit)
+    selection: str = "kernels"  # fromage_adamw: see RECIPE_SELECTIONS
 
     @property
     def name(self) -> str:
         name = f"{self.optimizer}_lr{self.learning_rate:g}"
-        if self.optimizer == "fromage":
+        if self.optimizer == "fromage_adamw":
+            name += f"_alr{self.adamw_learning_rate:g}"
+        if self.optimizer in ("fromage", "fromage_adamw"):
             name += f"_p{self.p_bound:g}" if self.p_bound is not None else "_pNone"
-        if self.optimizer == "fromage" and self.momentum is not None:
+        if self.optimizer in ("fromage", "fromage_adamw") and self.momentum is not None:
             name += f"_m{self.momentum:g}"
+        if self.optimizer == "fromage_adamw":
+            name += "" if self.norms == "tensor" else f"_{self.norms}"
+            name += "" if self.selection == "kernels" else f"_{self.selection}"
+            name += "" if self.weight_decay == 0 else f"_wd{self.weight_decay:g}"
+        if self.optimizer == "adamw" and self.weight_decay != 0.1:
+            name += f"_wd{self.weight_decay:g}"
         if self.optimizer in ("fromage", "optax_fromage") and self.schedule != "constant":
             name += f"_{self.schedule}"
         return name
@@ -183,7 +229,32 @@ def grid(config: Config, names: Sequence[str]) -> list[RunSpec]:
                 for p in config.fromage_p_bounds
             ]
         elif name == "adamw":
-            runs += [RunSpec(name, lr, schedule="cosine") for lr in config.adamw_learning_rates]
+            runs += [
+                RunSpec(name, lr, schedule="cosine", weight_decay=decay)
+                for decay in config.adamw_weight_decays
+                for lr in config.adamw_learning_rates
+            ]
+        elif name == "fromage_adamw":
+            runs += [
+                RunSpec(
+                    name,
+                    lr,
+                    p,
+                    "cosine",
+                    momentum,
+                    adamw_learning_rate=adamw_lr,
+                    norms=norms,
+                    selection=selection,
+                    weight_decay=decay,
+                )
+                for decay in config.recipe_weight_decays
+                for selection in config.recipe_selections
+                for norms in config.recipe_norms
+                for momentum in config.recipe_momenta
+                for adamw_lr in config.recipe_adamw_learning_rates
+                for lr in config.recipe_learning_rates
+                for p in config.recipe_p_bounds
+            ]
         elif name == "sgd":
             runs += [RunSpec(name, lr, schedule="cosine") for lr in config.sgd_learning_rates]
         elif name == "optax_fromage":
@@ -202,6 +273,46 @@ def matrix_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
+def recipe_mask(selection: str):
+    """The recipe's Fromage leaves: the blocks' Dense kernels, or every matrix incl. embeddings.
+
+    An untied output head ("output_head") goes to AdamW in both: like the
+    embeddings, its scale sets the logits'.
+    """
+    if selection == "kernels":
+        return fromage_optax.kernel_mask(exclude=("output_head",))
+    if selection == "matrices":
+        return matrix_mask
+    raise ValueError(f"unknown recipe selection {selection!r}; choose from {RECIPE_SELECTIONS}")
+
+
+def neuron_layer_axes(params: Any) -> Any:
+    """Fromage's ``layer_axes`` for one norm per output unit of every GPT matrix.
+
+    A Dense kernel ``[in, out]`` gets -1 (a norm over its inputs for each output
+    unit, the granularity of Nero); an embedding ``[vocab, width]`` gets 0 (a
+    norm per token's vector, which is also that token's output weights when
+    tied); blocks stacked by ``nn.scan`` add their layer axis 0.
+    """
+
+    def axes(path, _):
+        keys = [getattr(key, "key", None) for key in path]
+        unit_axis = -1 if keys[-1] == "kernel" else 0
+        if "blocks" in keys:  # [layers, ...]: the layer axis, then the unit axis
+            return (0, unit_axis if unit_axis < 0 else 1)
+        return unit_axis
+
+    return jax.tree_util.tree_map_with_path(axes, params)
+
+
+def _recipe_layer_axes(norms: str, layer_axes: Any) -> Any:
+    if norms == "tensor":
+        return layer_axes
+    if norms == "neuron":
+        return neuron_layer_axes
+    raise ValueError(f"unknown recipe norms {norms!r}; choose from {RECIPE_NORMS}")
+
+
 def make_optimizer(
     run: RunSpec, *, steps: int, warmup_steps: int, layer_axes: Any = None
 ) -> optax.GradientTransformation:
@@ -215,7 +326,10 @@ def make_optimizer(
     the paper). AdamW (weight decay 0.1 on matrices, β₂ = 0.99, as nanoGPT)
     and SGD (momentum 0.9) use warm-up + cosine and clip the global gradient
     norm at 1; clipping would not change a Fromage step, which ignores
-    gradient scale.
+    gradient scale. The recipe (``fromage_adamw``) runs Fromage on the tensors
+    of ``run.selection`` and AdamW (β₂ = 0.99, no weight decay, no clipping) on
+    the rest, both with warm-up + cosine from their own peak learning rates;
+    AdamW decays (``run.weight_decay``) only the embeddings among its tensors.
     """
     if run.schedule == "cosine":
         learning_rate = optimizers.warmup_cosine(run.learning_rate, warmup_steps, steps)
@@ -225,10 +339,29 @@ def make_optimizer(
         raise ValueError(f"unknown schedule {run.schedule!r}; choose 'constant' or 'cosine'")
     options = {
         "fromage": {"p_bound": run.p_bound, "layer_axes": layer_axes, "momentum": run.momentum},
-        "adamw": {"b2": 0.99, "weight_decay": 0.1, "mask": matrix_mask, "clip_norm": 1.0},
+        "adamw": {
+            "b2": 0.99,
+            "weight_decay": run.weight_decay,
+            "mask": matrix_mask,
+            "clip_norm": 1.0,
+        },
         "sgd": {"momentum": 0.9, "clip_norm": 1.0},
         "optax_fromage": {},
     }
+    if run.optimizer == "fromage_adamw":
+        options["fromage_adamw"] = {
+            "adamw_learning_rate": optimizers.warmup_cosine(
+                run.adamw_learning_rate, warmup_steps, steps
+            ),
+            "fromage_mask": recipe_mask(run.selection),
+            "p_bound": run.p_bound,
+            "layer_axes": _recipe_layer_axes(run.norms, layer_axes),
+            "momentum": run.momentum,
+            "b2": 0.99,
+            "weight_decay": run.weight_decay,
+            # Without decay no mask, so the state (and checkpoints) stay those of plain AdamW.
+            "weight_decay_mask": matrix_mask if run.weight_decay else None,
+        }
     if run.optimizer not in options:
         raise ValueError(f"unknown optimizer {run.optimizer!r}; choose from {OPTIMIZER_NAMES}")
     return optimizers.make_optimizer(

@@ -33,6 +33,10 @@ def summarise_run(run: RunSpec, history: dict, *, tokens_per_step: int) -> dict:
         "p_bound": run.p_bound,
         "schedule": run.schedule,
         "momentum": run.momentum,
+        "weight_decay": run.weight_decay if run.optimizer in ("adamw", "fromage_adamw") else None,
+        "adamw_learning_rate": run.adamw_learning_rate,
+        "norms": run.norms if run.optimizer == "fromage_adamw" else None,
+        "selection": run.selection if run.optimizer == "fromage_adamw" else None,
         "steps": history["step"][-1],
         "diverged": history["diverged"] or not math.isfinite(final_validation),
         "best_validation_loss": best,
@@ -57,8 +61,11 @@ def _perplexity(loss: float) -> float:
 
 
 def variant(result: dict) -> str:
-    """The optimiser's name, with "+momentum" for Fromage fed a gradient average."""
-    if result.get("momentum") is not None:
+    """The optimiser's name, with "+momentum" for Fromage fed a gradient average.
+
+    The recipe's momentum is one of its searched settings, not a variant.
+    """
+    if result["optimizer"] == "fromage" and result.get("momentum") is not None:
         return f"{result['optimizer']}+momentum"
     return result["optimizer"]
 
@@ -80,10 +87,18 @@ def best_per_optimizer(results: Sequence[dict]) -> list[dict]:
 
 def _setting(result: dict) -> str:
     setting = f"lr={result['learning_rate']:g}"
-    if result["optimizer"] == "fromage":
+    if result["optimizer"] == "fromage_adamw":
+        setting += f", AdamW lr={result['adamw_learning_rate']:g}"
+    if result["optimizer"] in ("fromage", "fromage_adamw"):
         setting += f", p_bound={result['p_bound']}"
         if result.get("momentum") is not None:
             setting += f", momentum={result['momentum']:g}"
+    if result["optimizer"] == "fromage_adamw":
+        setting += f", norms per {result['norms']}, Fromage on {result['selection']}"
+        if result.get("weight_decay"):
+            setting += f", AdamW weight decay={result['weight_decay']:g}"
+    if result["optimizer"] == "adamw" and result.get("weight_decay", 0.1) != 0.1:
+        setting += f", weight decay={result['weight_decay']:g}"
     if result["schedule"] == "cosine":
         setting += " (warm-up+cosine)"
     return setting
@@ -102,9 +117,24 @@ def table_rows(results: Sequence[dict]) -> list[dict]:
             "wall s": r["wall_time_s"],
             "tokens/s": r["tokens_per_s"],
             "max ΔW/W": r["history"]["max_relative_update_norm"][-1],
+            **_scale_columns(r["history"]),
         }
         for r in results
     ]
+
+
+def _scale_columns(history: dict) -> dict:
+    """Final ‖W‖/‖W₀‖ (kernels: geometric mean; token embedding) and logit RMS, if recorded."""
+    if "final_weight_norm_ratios" not in history:
+        return {}
+    ratios = history["final_weight_norm_ratios"]
+    kernels = [ratio for path, ratio in ratios.items() if "kernel" in path]
+    embedding = [ratio for path, ratio in ratios.items() if "token_embedding" in path]
+    return {
+        "kernel ‖W‖/‖W₀‖": float(np.exp(np.mean(np.log(kernels)))) if kernels else math.nan,
+        "embedding ‖W‖/‖W₀‖": embedding[0] if embedding else math.nan,
+        "logit rms": history["final_logit_rms"],
+    }
 
 
 def gap_to_adamw(best: Sequence[dict], name: str) -> float | None:
@@ -126,14 +156,50 @@ def print_tables(experiment, results: Sequence[dict], best: Sequence[dict]) -> N
     print(reporting.format_table(table_rows(best)))
     print("\n" + reporting.format_markdown_table(table_rows(best)))
     gap, momentum_gap = gap_to_adamw(best, "fromage"), gap_to_adamw(best, "fromage+momentum")
+    recipe_gap = gap_to_adamw(best, "fromage_adamw")
     if gap is not None:
         print(f"\nFromage best − AdamW best validation loss: {gap:+.4f} nats/byte")
+    if recipe_gap is not None:
+        print(f"Fromage+AdamW recipe best − AdamW best validation loss: {recipe_gap:+.4f}")
     if momentum_gap is not None:
         print(f"Fromage+momentum best − AdamW best validation loss: {momentum_gap:+.4f} nats/byte")
 
 
+def markdown_report(experiment, results: Sequence[dict], best: Sequence[dict]) -> str:
+    """transformer.md: every run and each optimiser's best, as markdown tables, and the gaps."""
+    config = experiment.config
+    model = experiment.model.config
+    lines = [
+        f"# GPT `{config.preset}` preset on {experiment.corpus.name}",
+        "",
+        f"{config.steps} steps × {config.batch_size} × {model.context_length} bytes, "
+        f"init {model.init}, seed {config.seed}; losses in nats/byte. Written by "
+        "`benchmarks/transformer/report.py`.",
+        "",
+        "## Every run",
+        "",
+        reporting.format_markdown_table(table_rows(results)),
+        "",
+        "## Each optimiser at its best setting",
+        "",
+        reporting.format_markdown_table(table_rows(best)),
+        "",
+    ]
+    for name in ("fromage", "fromage+momentum", "fromage_adamw"):
+        gap = gap_to_adamw(best, name)
+        if gap is not None:
+            lines.append(f"- best {name} − best adamw validation loss: {gap:+.4f} nats/byte")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_label(result: dict) -> str:
+    """The legend entry of a run: its label and setting, or its (shorter) run name."""
+    label = f"{result['label']} ({_setting(result)})"
+    return label if len(label) <= 60 else f"{LABELS[result['optimizer']]} ({result['name']})"
+
+
 def write_outputs(experiment, results: Sequence[dict]) -> dict:
-    """Prints the tables, writes transformer.json and transformer.png; returns the summary."""
+    """Prints the tables, writes transformer.json, .md and .png; returns the summary."""
     config, corpus = experiment.config, experiment.corpus
     best = best_per_optimizer(results)
     print_tables(experiment, results, best)
@@ -155,13 +221,12 @@ def write_outputs(experiment, results: Sequence[dict]) -> dict:
         "best": [{k: v for k, v in r.items() if k != "history"} for r in best],
         "fromage_minus_adamw_best_validation_loss": gap_to_adamw(best, "fromage"),
         "fromage_momentum_minus_adamw_best_validation_loss": gap_to_adamw(best, "fromage+momentum"),
+        "fromage_adamw_minus_adamw_best_validation_loss": gap_to_adamw(best, "fromage_adamw"),
     }
     out = Path(config.out)
     reporting.write_json(out / "transformer.json", summary)
-    series = {
-        f"{r['label']} ({_setting(r)})": (r["history"]["step"], r["history"]["validation_loss"])
-        for r in best
-    }
+    (out / "transformer.md").write_text(markdown_report(experiment, results, best))
+    series = {_plot_label(r): (r["history"]["step"], r["history"]["validation_loss"]) for r in best}
     reporting.line_plot(
         out / "transformer.png",
         series,

@@ -22,7 +22,7 @@ from flax.training import train_state
 import fromage_optax
 from benchmarks import reporting, text_data, training
 from benchmarks.models import gpt
-from benchmarks.transformer.configs import Config, RunSpec, make_optimizer
+from benchmarks.transformer.configs import Config, RunSpec, make_optimizer, matrix_mask
 
 
 def train_step(state: train_state.TrainState, batch: tuple[jax.Array, jax.Array]):
@@ -210,8 +210,9 @@ def train_run(experiment: Experiment, run: RunSpec, *, resume=False, show_progre
     bar = reporting.progress(
         total=config.steps, initial=first_step, desc=run.name, disable=not show_progress
     )
-    _steps(experiment, state, history, first_step, checkpointer, segment_started, bar)
+    state = _steps(experiment, state, history, first_step, checkpointer, segment_started, bar)
     bar.close()
+    record_scales(experiment, history, state.params)
     if checkpointer:
         checkpointer.close()
     if first_step < config.steps:  # a finished run only loaded from its checkpoint adds no time
@@ -219,8 +220,34 @@ def train_run(experiment: Experiment, run: RunSpec, *, resume=False, show_progre
     return history
 
 
+def record_scales(experiment: Experiment, history: dict, params) -> None:
+    """Final ‖W‖ and ‖W‖/‖W₀‖ of every matrix, and the RMS of the logits about their mean.
+
+    The scales an optimiser reached: Fromage keeps each tensor near its initial
+    norm, AdamW lets them grow, and the logits' spread (on the first validation
+    batch) is what the loss finally sees.
+    """
+    mask = matrix_mask(params)
+    norms, ratios = {}, {}
+    for (path, w), (_, w0), (_, chosen) in zip(
+        jax.tree_util.tree_leaves_with_path(params),
+        jax.tree_util.tree_leaves_with_path(experiment.initial_params),
+        jax.tree_util.tree_leaves_with_path(mask),
+    ):
+        if chosen:
+            name = jax.tree_util.keystr(path)
+            norms[name] = float(jnp.linalg.norm(w))
+            ratios[name] = norms[name] / float(jnp.linalg.norm(w0))
+    inputs, _ = experiment.evaluation_batches["validation"][0]
+    logits = experiment.model.apply({"params": params}, inputs)
+    centred = logits - logits.mean(axis=-1, keepdims=True)
+    history["final_weight_norms"] = norms
+    history["final_weight_norm_ratios"] = ratios
+    history["final_logit_rms"] = float(jnp.sqrt(jnp.mean(jnp.square(centred))))
+
+
 def _steps(experiment: Experiment, state, history, first_step, checkpointer, started, bar):
-    """The training loop from `first_step`: evaluations, checkpoints, divergence."""
+    """The training loop from `first_step`: evaluations, checkpoints, divergence; the last state."""
     config = experiment.config
     context = experiment.model.config.context_length
 
@@ -269,3 +296,4 @@ def _steps(experiment: Experiment, state, history, first_step, checkpointer, sta
             train_started = time.perf_counter()
         if diverged:
             break
+    return state
