@@ -26,12 +26,12 @@ def test_long_preset_follows_the_issue():
     assert config.epochs * (4000 // config.batch_size) == 24000
     assert config.lr_decay == 0.95 and config.lr_decay_every_steps == 240
     assert config.depths_of("sgd") == (8, 10, 12, 16)
-    assert config.depths_of("adam") == (24, 32, 40)
+    assert config.depths_of("adam") == (24, 28, 32, 40)
     assert config.depths_of("fromage") == (24, 32, 40, 48, 64)
     names = [p.name for p in pieces.all_pieces(config)]
     assert names[:3] == ["fromage_d24_w64", "adam_d24_w64", "adam_d32_w64"]
-    # Each optimiser's depths, the width study, and 12 of them again with seeds 1 and 2.
-    assert len(names) == 4 + 3 + 5 + 6 + 12 and len(set(names)) == len(names)
+    # Each optimiser's depths, the width study, and 13 of them again with seeds 1 and 2.
+    assert len(names) == 4 + 4 + 5 + 6 + 13 and len(set(names)) == len(names)
     again = [p for p in pieces.all_pieces(config) if p.seeds == (1, 2)]
     assert {p.base_name for p in again} == set(configs.LONG_SEED_STUDY_PIECES)
     assert all(len(p.learning_rates) == (3 if p.width == 64 else 1) for p in again)
@@ -153,7 +153,7 @@ def test_partial_report_from_finished_pieces(tmp_path):
     _fake_piece(config, "fromage", 24, 64, [0.3, 0.5, 0.8, 0.95, 0.99])
     _fake_piece(config, "fromage", 40, 64, [0.3, 0.5, 0.8, 0.92, 0.95])
     summary = pieces_report.write_pieces_outputs(config)
-    assert summary["partial"] and len(summary["missing_pieces"]) == 30 - 4
+    assert summary["partial"] and len(summary["missing_pieces"]) == 32 - 4
     best = pieces_report.best_table(config, pieces_report.collect(config)[0])
     # Fromage 32 is not finished: the contiguous deepest stops at 24, 40 counts "alone".
     assert pieces_report.deepest(best, config, "fromage", 64, "24000") == (24, 40)
@@ -164,7 +164,7 @@ def test_partial_report_from_finished_pieces(tmp_path):
     assert rows[("fromage", 64, "deepest ≥ 90 %")]["960"] == "< 24"
     assert rows[("fromage", "784 (authors)", "deepest ≥ 90 %")]["12,000"] == 27
     assert rows[("adam", 64, 24)]["960"] == "0.950 (lr 0.01)"
-    assert "PARTIAL: 4 of 30" in (tmp_path / "depth.md").read_text()
+    assert "PARTIAL: 4 of 32" in (tmp_path / "depth.md").read_text()
     saved = json.loads((tmp_path / "depth.json").read_text())
     assert saved["partial"] is True and "fromage_d24_w64" in saved["finished_pieces"]
     assert (tmp_path / "deepest.png").stat().st_size > 1000

@@ -100,6 +100,8 @@ LONG_PIECE_ORDER = (
     "fromage_d24_w128_s1-2",
     "sgd_d10_w64_s1-2",
     "sgd_d12_w64_s1-2",
+    "adam_d28_w64",
+    "adam_d28_w64_s1-2",
     "fromage_d48_w64_s1-2",
 )
 # The pieces near each optimiser's cliff, repeated with seeds 1 and 2.
@@ -107,6 +109,7 @@ LONG_SEED_STUDY_PIECES = (
     "sgd_d10_w64",
     "sgd_d12_w64",
     "adam_d24_w64",
+    "adam_d28_w64",
     "adam_d32_w64",
     "fromage_d24_w64",
     "fromage_d32_w64",
@@ -233,8 +236,9 @@ PRESETS = {
         optimizers=("sgd", "adam", "fromage"),
         optimizer_depths=(
             ("sgd", (8, 10, 12, 16)),
-            # Adam stops at 32 (every lr, seeds 0-2) and 40: deeper would only repeat chance.
-            ("adam", (24, 32, 40)),
+            # Adam stops at 32 (every lr, seeds 0-2) and 40: deeper would only repeat chance;
+            # 28 places its cliff between 24 (2 seeds of 3 train) and 32.
+            ("adam", (24, 28, 32, 40)),
             ("fromage", (24, 32, 40, 48, 64)),
         ),
         lr_decay_every_steps=240,
