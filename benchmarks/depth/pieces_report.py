@@ -206,7 +206,7 @@ def write_pieces_outputs(config: Config) -> dict:
         f"\npartial: {len(results)} of {len(results) + len(missing)} pieces" if missing else ""
     )
     # The figures show the median seed (the first seed's where a depth has one).
-    partial += "; median over seeds where several ran"
+    partial += "\n(the median seed where several ran)"
     write_deepest_plot(config, median, out / "deepest.png", partial)
     write_accuracy_plot(config, median, out / "accuracy_vs_depth.png", partial)
     return summary
