@@ -116,15 +116,17 @@ def load_wikitext(data_dir: str | os.PathLike) -> TextCorpus:
     )
 
 
-def load_default_corpus(validation_fraction: float = 0.1) -> TextCorpus:
-    """Python's documentation topics (``pydoc_data.topics``), split 90/10.
-
-    Topics are joined in sorted order so the corpus is the same on every run.
-    """
+def default_corpus_text() -> str:
+    """The text of Python's documentation topics (``pydoc_data.topics``), joined in sorted
+    order so the corpus is the same on every run (it ships with Python: no download)."""
     from pydoc_data import topics
 
-    text = "\n\n".join(topics.topics[key] for key in sorted(topics.topics))
-    train, validation = split_train_validation(encode(text), validation_fraction)
+    return "\n\n".join(topics.topics[key] for key in sorted(topics.topics))
+
+
+def load_default_corpus(validation_fraction: float = 0.1) -> TextCorpus:
+    """Python's documentation topics (`default_corpus_text`), split 90/10."""
+    train, validation = split_train_validation(encode(default_corpus_text()), validation_fraction)
     return TextCorpus("pydoc_data.topics", train, validation)
 
 

@@ -34,6 +34,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from benchmarks import text_data
+
 EOS = "<eos>"
 UNK = "<unk>"
 
@@ -143,10 +145,7 @@ def load_word_wikitext(
 
 def load_default_word_corpus(*, train_words: int | None = None) -> WordCorpus:
     """Python's documentation topics (``pydoc_data.topics``, sorted), split 80/10/10 by lines."""
-    from pydoc_data import topics
-
-    text = "\n\n".join(topics.topics[key] for key in sorted(topics.topics))
-    blocks = split_lines(text.split("\n"))
+    blocks = split_lines(text_data.default_corpus_text().split("\n"))
     return word_corpus_from_lines(*blocks, name="pydoc_data.topics", train_words=train_words)
 
 

@@ -20,6 +20,7 @@ net leaves chance. Writes ``signal.json``, ``signal.md`` and ``signal.png``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -97,10 +98,14 @@ def layer_signal(params, images, depth: int):
     return jnp.stack(signal), jnp.stack(dead)
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def _stacked_signal(params, images, depth: int):
+    return jax.vmap(lambda p: layer_signal(p, images, depth))(params)
+
+
 def probe(state, images, depth: int) -> tuple[np.ndarray, np.ndarray]:
     """`layer_signal` of every stacked model in `state`: two (models, depth) arrays."""
-    fn = jax.jit(jax.vmap(lambda p: layer_signal(p, images, depth)))
-    signal, dead = fn(state.params)
+    signal, dead = _stacked_signal(state.params, images, depth)
     return np.asarray(signal, np.float64), np.asarray(dead, np.float64)
 
 
