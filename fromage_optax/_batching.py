@@ -163,11 +163,13 @@ def group_inputs(group: Group, sources):
     return xs
 
 
-def plain_sums(groups, sources, with_dot):
-    """Per group: plain sums of squares (one per source) and the inner product."""
+def plain_sums(groups, inputs, with_dot):
+    """Per group: plain sums of squares (one per source) and the inner product.
+
+    `inputs`: per group, its `group_inputs`.
+    """
     per_group = []
-    for group in groups:
-        xs = group_inputs(group, sources)
+    for group, xs in zip(groups, inputs):
         sums = [jnp.sum(x * x, axis=group.reduce_axes, keepdims=True) for x in xs]
         if with_dot:
             sums.append(jnp.sum(xs[0] * xs[1], axis=group.reduce_axes, keepdims=True))
@@ -175,17 +177,16 @@ def plain_sums(groups, sources, with_dot):
     return per_group
 
 
-def plain_cosine(group, sources, norms):
-    """cos(W, g) of a group from a plain inner product and its (trusted) plain norms."""
-    xs = group_inputs(group, sources)
+def plain_cosine(group, xs, norms):
+    """cos(W, g) of a group (inputs `xs`) from a plain inner product and its plain norms."""
     dot = _psum(jnp.sum(xs[0] * xs[1], axis=group.reduce_axes, keepdims=True), group.axis_names)
     return _cosine(dot, norms[0], norms[1])
 
 
-def rescaled_norms(group, sources, with_dot):
-    """Norms (and cosine) of a group with every slice scaled by a power of two first."""
+def rescaled_norms(group, xs, with_dot):
+    """Norms (and cosine) of a group (inputs `xs`), each slice scaled by a power of two first."""
     scaled = []
-    for x in group_inputs(group, sources):
+    for x in xs:
         # initial=0: a tensor of size 0 has max-abs 0 (and norm 0).
         max_abs = jnp.max(jnp.abs(x), axis=group.reduce_axes, keepdims=True, initial=0)
         scale = _reciprocal_power_of_two(_pmax(max_abs, group.axis_names))

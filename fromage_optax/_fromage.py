@@ -157,7 +157,10 @@ def _check_layout(initial_norms, layout, params, name):
 
 
 def _split_norms(flat, param_leaves, leaf_layer_axes, name):
-    """`_flat_norms`' vector back to per-leaf keepdims norms, checked against the params."""
+    """`_flat_norms`' vector checked against the params: (vector, per-leaf offsets, shapes).
+
+    `_group_norms` then reads each group's norms out of the vector in one op.
+    """
     if flat is None:
         raise ValueError(
             f"{name}: the state has no initial_norms: it was built by a fromage without "
@@ -178,10 +181,28 @@ def _split_norms(flat, param_leaves, leaf_layer_axes, name):
     offsets = [0]
     for size in sizes:
         offsets.append(offsets[-1] + size)
-    return [
-        flat[start:stop].reshape(shape)
-        for start, stop, shape in zip(offsets[:-1], offsets[1:], shapes)
-    ]
+    return flat, offsets, shapes
+
+
+def _group_norms(split, group):
+    """A group's ‖W₀‖ from `_split_norms`' vector, shaped like the group's norms.
+
+    One slice (strided where the members are evenly spaced, as the kernels or
+    biases of a deep network are) or one gather per group: slicing per tensor
+    and stacking again cost trees of thousands of tensors a kernel per tensor.
+    """
+    flat, offsets, shapes = split
+    starts = [offsets[i] for i in group.indices]
+    shape = shapes[group.indices[0]]
+    size = math.prod(shape)
+    if not group.stacked:
+        return flat[starts[0] : starts[0] + size].reshape(shape)
+    steps = {b - a for a, b in zip(starts, starts[1:])}
+    if size == 1 and len(steps) == 1:
+        values = jax.lax.slice(flat, (starts[0],), (starts[-1] + 1,), (steps.pop(),))
+    else:
+        values = flat[np.stack([np.arange(start, start + size) for start in starts])]
+    return values.reshape((len(starts), *shape))
 
 
 def _step_dtype(param_leaves, update_leaves, group):
@@ -193,19 +214,22 @@ def _step_dtype(param_leaves, update_leaves, group):
 
 
 def _any_could_pass_bound(param_leaves, update_leaves, initial_norms, eta, p_bound, groups):
-    """Whether any tensor could pass its bound this step (else ⟨W, g⟩ is not needed)."""
+    """Whether any tensor could pass its bound this step (else ⟨W, g⟩ is not needed).
+
+    `initial_norms`: per group, its ‖W₀‖.
+    """
     flags = [
         jnp.any(
             _step.could_pass_bound(
                 group.stats.param_norm,
                 group.stats.update_norm,
-                group.stacked_like(initial_norms),
+                initial_norm,
                 eta,
                 p_bound,
                 _step_dtype(param_leaves, update_leaves, group),
             )
         )
-        for group in groups
+        for group, initial_norm in zip(groups, initial_norms)
     ]
     return jnp.any(jnp.stack(flags)) if flags else False
 
@@ -213,16 +237,15 @@ def _any_could_pass_bound(param_leaves, update_leaves, initial_norms, eta, p_bou
 def _fromage_updates(
     param_leaves, update_leaves, groups, initial_norms, learning_rate, p_bound, valid
 ):
-    """W' − W for every leaf: one elementwise pass per tensor.
+    """W' − W for every leaf: one elementwise pass per tensor (`initial_norms`: per group).
 
     The scalar part (norm ratios, the bound) is computed per group of tensors
     whose norms were reduced together, so a tree of thousands of small tensors
     compiles to a few scalar operations per group rather than per tensor.
     """
     new_leaves: list = [None] * len(param_leaves)
-    for group in groups:
+    for group, initial_norm in zip(groups, initial_norms):
         dtype = _step_dtype(param_leaves, update_leaves, group)
-        initial_norm = None if p_bound is None else group.stacked_like(initial_norms)
         param_coefficient, update_coefficient, update_multiplier = _step.nan_where_invalid(
             valid,
             *_step.step_coefficients(
@@ -367,7 +390,7 @@ def fromage(
             )
         leaf_layer_axes = _leaf_options.per_leaf_layer_axes(layer_axes, params)
         leaf_axis_names = _leaf_options.per_leaf_axis_names(axis_name, params)
-        initial_norms = [None] * len(param_leaves)
+        split = None
         if p_bound is not None:
             _check_layout(
                 state.initial_norms,
@@ -375,20 +398,18 @@ def fromage(
                 params,
                 name,
             )
-            initial_norms = _split_norms(state.initial_norms, param_leaves, leaf_layer_axes, name)
+            split = _split_norms(state.initial_norms, param_leaves, leaf_layer_axes, name)
 
         eta = learning_rate_at(learning_rate, state.count, name)
-        plain = _norms.plain_norms(
-            param_leaves,
-            update_leaves,
-            leaf_layer_axes,
-            leaf_axis_names,
-            # Under p_bound a tensor that started at zero (‖W₀‖ = 0) is held exactly at zero.
-            exact_zero_where=None if p_bound is None else initial_norms,
-        )
-        # ⟨W, g⟩ is needed only on steps where some tensor could pass its bound.
+        plain = _norms.plain_norms(param_leaves, update_leaves, leaf_layer_axes, leaf_axis_names)
+        initial_norms = [
+            None if split is None else _group_norms(split, group) for group in plain.groups
+        ]
         groups = _norms.finish(
             plain,
+            # Under p_bound a tensor that started at zero (‖W₀‖ = 0) is held exactly at zero.
+            exact_zero_where=None if p_bound is None else initial_norms,
+            # ⟨W, g⟩ is needed only on steps where some tensor could pass its bound.
             inner_product_when=None
             if p_bound is None
             else _any_could_pass_bound(

@@ -81,29 +81,27 @@ class GroupStats(NamedTuple):
         """`value` (group-shaped, or a scalar shared by the group) for its `position`-th leaf."""
         return value[position] if self.stacked and jnp.ndim(value) else value
 
-    def stacked_like(self, per_leaf):
-        """Per-leaf keepdims-shaped arrays of the group's leaves, shaped like its values."""
-        members = [per_leaf[i] for i in self.indices]
-        return jnp.stack(members) if self.stacked else members[0]
-
 
 class PlainNorms(NamedTuple):
     """What `plain_norms` found: the groups, their plain norms, and whether to trust them.
 
     Attributes:
       groups: how the leaves were grouped (`_batching.Group`).
-      sources: the leaves reduced: ``[tensors]`` or ``[tensors, partners]``.
+      inputs: per group, its tensors (and partners), upcast and stacked
+        (`_batching.group_inputs`): the branches of `finish` read these, not
+        the leaves, so that they take a few operands per group rather than
+        one per leaf.
       stats: one `GroupStats` per group from the plain sums (cosine only with
         ``inner_product``).
-      trusted: a boolean scalar: every plain sum of squares is safely inside the
-        floating-point range.
+      sums: per group, the plain sums (`_batching.plain_sums`), for `finish` to
+        check.
       inner_product: whether ⟨W, g⟩ was reduced in the same read.
     """
 
     groups: list
-    sources: list
+    inputs: list
     stats: list[GroupStats]
-    trusted: Any
+    sums: list
     inner_product: bool
 
 
@@ -119,17 +117,14 @@ def _group_stats(group, values, with_partners: bool, with_cosine: bool) -> Group
     )
 
 
-def _trusted(groups, sums, source_count, exact_zero_where):
+def _trusted(sums, source_count, exact_zero_where):
     """Whether every plain sum of squares can be used as it is (a boolean scalar)."""
     flags = []
-    for group, group_sums in zip(groups, sums):
+    for index, group_sums in enumerate(sums):
         for position, sum_of_squares in enumerate(group_sums[:source_count]):
             trusted = _batching.safe(sum_of_squares)
             if position == 0 and exact_zero_where is not None:
-                members = [exact_zero_where[i] for i in group.indices]
-                marks = (jnp.stack(members) if group.stacked else members[0]).reshape(
-                    sum_of_squares.shape
-                )
+                marks = jnp.reshape(exact_zero_where[index], sum_of_squares.shape)
                 trusted = trusted | ((marks == 0) & (sum_of_squares == 0))
             flags.append(jnp.all(trusted))
     return jnp.all(jnp.stack(flags))
@@ -142,7 +137,6 @@ def plain_norms(
     axis_names: Sequence[tuple[str, ...]],
     *,
     inner_product: bool = False,
-    exact_zero_where: Sequence[jax.Array] | None = None,
 ) -> PlainNorms:
     """Step 1: plain norms of `tensors` (and `partners`) from one read of each.
 
@@ -152,73 +146,81 @@ def plain_norms(
       layer_axes: per leaf, the axes indexing separate layers (empty: one layer).
       axis_names: per leaf, mesh axes to sum over (empty: not sharded).
       inner_product: also reduce ⟨W, g⟩ in the same read.
-      exact_zero_where: optional per-leaf arrays (keepdims shapes) whose zero
-        entries mark slices of `tensors` known to be exactly zero when their sum
-        of squares is (so it needs no underflow check). Numbers rather than
-        booleans, so that a caller can pass values it already has, stacked with
-        the same groups (on trees of thousands of tensors a separate boolean per
-        tensor cost 2,000 extra kernels and doubled the compile time).
     """
     groups = _batching.make_groups(tensors, partners, layer_axes, axis_names)
     sources = [tensors] if partners is None else [tensors, partners]
-    sums = _batching.plain_sums(groups, sources, inner_product)
-    trusted = _trusted(groups, sums, len(sources), exact_zero_where) if groups else True
+    inputs = [_batching.group_inputs(group, sources) for group in groups]
+    sums = _batching.plain_sums(groups, inputs, inner_product)
     stats = [
         _group_stats(
             group, _batching.norms_from_sums(s, inner_product), bool(partners), inner_product
         )
         for group, s in zip(groups, sums)
     ]
-    return PlainNorms(groups, sources, stats, trusted, inner_product)
+    return PlainNorms(groups, inputs, stats, sums, inner_product)
 
 
-def finish(plain: PlainNorms, *, inner_product_when: Any = None) -> list[GroupStats]:
+def finish(
+    plain: PlainNorms, *, exact_zero_where: Any = None, inner_product_when: Any = None
+) -> list[GroupStats]:
     """Step 2: the exact norms, one `GroupStats` per group covering every leaf once.
 
     The plain norms where they are trusted, else (for the whole tree, behind one
-    `lax.switch`) the rescaled ones. `inner_product_when`: a boolean scalar that
+    `lax.switch`) the rescaled ones. `exact_zero_where`: optional, per group of
+    ``plain.groups``, numbers shaped like its norms whose zero entries mark
+    slices known to be exactly zero when their sum of squares is (so it needs no
+    underflow check); numbers rather than booleans, so that a caller can pass
+    values it already has. `inner_product_when`: a boolean scalar that
     the caller computed from ``plain.stats``; where it is False the inner
     products are not reduced (one pass fewer) and every cosine is −1. Only for a
     `plain` made without ``inner_product``.
     """
     if not plain.groups:
         return []
-    groups, sources = plain.groups, plain.sources
+    groups = plain.groups
+    source_count = len(plain.inputs[0])
+    trusted = _trusted(plain.sums, source_count, exact_zero_where)
     lazy = inner_product_when is not None
     with_cosine = plain.inner_product or lazy
     values = [
-        [s.param_norm, s.update_norm, s.cosine][: len(sources) + plain.inner_product]
+        [s.param_norm, s.update_norm, s.cosine][: source_count + plain.inner_product]
         for s in (g.stats for g in plain.stats)
     ]
 
-    def from_plain_sums(values):
+    # Each branch takes the stacked inputs as an operand (not the leaves, by closure).
+    def from_plain_sums(operands):
+        values, _ = operands
         return values
 
-    def rescaled(values):
-        del values
-        return [_batching.rescaled_norms(group, sources, with_cosine) for group in groups]
+    def rescaled(operands):
+        _, inputs = operands
+        return [
+            _batching.rescaled_norms(group, xs, with_cosine) for group, xs in zip(groups, inputs)
+        ]
 
-    def without_cosines(values):
+    def without_cosines(operands):
+        values, _ = operands
         return [norms + [jnp.full_like(norms[0], -1)] for norms in values]
 
-    def with_plain_cosines(values):
+    def with_plain_cosines(operands):
+        values, inputs = operands
         return [
-            norms + [_batching.plain_cosine(group, sources, norms)]
-            for group, norms in zip(groups, values)
+            norms + [_batching.plain_cosine(group, xs, norms)]
+            for group, xs, norms in zip(groups, inputs, values)
         ]
 
     if lazy:
         branches = [without_cosines, with_plain_cosines, rescaled]
-        index = jnp.where(plain.trusted, jnp.where(inner_product_when, 1, 0), 2)
+        index = jnp.where(trusted, jnp.where(inner_product_when, 1, 0), 2)
     else:
         branches = [rescaled, from_plain_sums]
-        index = jnp.asarray(plain.trusted).astype(jnp.int32)
+        index = jnp.asarray(trusted).astype(jnp.int32)
     if isinstance(index, jax.core.Tracer):
-        per_group = lax.switch(index, branches, values)
+        per_group = lax.switch(index, branches, (values, plain.inputs))
     else:  # Outside jit the answer is known: branch in Python, compile nothing.
-        per_group = branches[int(index)](values)
+        per_group = branches[int(index)]((values, plain.inputs))
     return [
-        _group_stats(group, v, len(sources) == 2, with_cosine)
+        _group_stats(group, v, source_count == 2, with_cosine)
         for group, v in zip(groups, per_group)
     ]
 
