@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import lax
 
 from fromage_optax import _leaf_options, _norms, _step, _validation
 from fromage_optax._learning_rate import learning_rate_at
@@ -234,6 +235,15 @@ def _any_could_pass_bound(param_leaves, update_leaves, initial_norms, eta, p_bou
     return jnp.any(jnp.stack(flags)) if flags else False
 
 
+def _as(x, dtype):
+    return x if x.dtype == dtype else lax.convert_element_type(x, dtype)
+
+
+def _times(coefficient, x):
+    """coefficient·x for a coefficient of x's rank with size 1 on the reduced axes."""
+    return lax.mul(lax.broadcast_in_dim(coefficient, x.shape, tuple(range(x.ndim))), x)
+
+
 def _fromage_updates(
     param_leaves, update_leaves, groups, initial_norms, learning_rate, p_bound, valid
 ):
@@ -262,22 +272,28 @@ def _fromage_updates(
         # three numbers through one slice rather than carrying the scalar math into
         # its elementwise loop (three slices per tensor cost 2,000-tensor trees
         # a quarter more compile time).
-        coefficients = jax.lax.optimization_barrier(
+        coefficients = lax.optimization_barrier(
             jnp.stack(
                 jnp.broadcast_arrays(param_coefficient, update_coefficient, update_multiplier)
             )
         )
         for position, i in enumerate(group.indices):
-            column = coefficients[:, position] if group.stacked else coefficients
-            a, b, c = column[0], column[1], column[2]
-            w, g = param_leaves[i], update_leaves[i]
-            new_w = a * w.astype(dtype)
-            new_g = b * (c * g.astype(dtype))  # c·g is exact: in value this is b·2**e·g
+            # lax primitives rather than jnp indexing and arithmetic: tracing stays
+            # a few binds per tensor on trees of thousands of tensors.
+            column = (
+                lax.index_in_dim(coefficients, position, axis=1, keepdims=False)
+                if group.stacked
+                else coefficients
+            )
+            a, b, c = (lax.index_in_dim(column, k, keepdims=False) for k in range(3))
+            w, g = _as(param_leaves[i], dtype), _as(update_leaves[i], dtype)
+            new_w = _times(a, w)
+            new_g = _times(b, _times(c, g))  # c·g is exact: in value this is b·2**e·g
             # The sum's order only steers which product XLA:CPU fuses into an FMA: in
             # these orders every step rounds bitwise as the a·W + b·g of the previous
             # releases did (the other orders differ by an ulp), so runs reproduce.
-            new = new_g + new_w if p_bound is None else new_w + new_g
-            new_leaves[i] = new.astype(w.dtype)
+            new = lax.add(new_g, new_w) if p_bound is None else lax.add(new_w, new_g)
+            new_leaves[i] = _as(new, param_leaves[i].dtype)
     return new_leaves
 
 
