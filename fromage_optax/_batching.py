@@ -148,19 +148,37 @@ def make_groups(tensors, partners, layer_axes, axis_names) -> list[Group]:
 
 
 def group_inputs(group: Group, sources):
-    """The group's tensors from each source, upcast, stacked when the group is."""
+    """The group's tensors from each source, stacked when the group is, in their own dtype.
+
+    Each use upcasts them itself (`_upcast`): a float32 copy of a bfloat16 tensor
+    handed around (to the fallback branches, say) is written out by XLA:CPU, and
+    bfloat16 steps took 8-11x SGD on large trees instead of 2-3x. A stacked group
+    of low-precision tensors stays a tuple of its members, stacked at each use:
+    stacking them once for every use cost a bfloat16 tree of 2,000 small tensors
+    15 % more per step.
+    """
     xs = []
     for source in sources:
         members = [source[i] for i in group.indices]
-        x = jnp.stack(members) if group.stacked else members[0]
-        if x.dtype != accumulation_dtype(x.dtype):
-            # Upcast here, apart from the step's own upcast: otherwise XLA (CSE) shares
-            # one float32 copy of the tensor between the norms and the step, and
-            # XLA:CPU writes that copy out (bfloat16 steps took 8-11x SGD on large
-            # trees instead of 2-3x).
-            x = lax.optimization_barrier(x)
-        xs.append(x.astype(accumulation_dtype(x.dtype)))
+        if not group.stacked:
+            xs.append(members[0])
+        elif members[0].dtype != accumulation_dtype(members[0].dtype):
+            xs.append(tuple(members))
+        else:
+            xs.append(jnp.stack(members))
     return xs
+
+
+def _upcast(x):
+    """`group_inputs`' `x` stacked and in the accumulation dtype, upcast apart from every
+    other upcast of it."""
+    if isinstance(x, tuple):
+        x = jnp.stack(x)
+    if x.dtype == accumulation_dtype(x.dtype):
+        return x
+    # Apart from the step's own upcast: otherwise XLA (CSE) shares one float32 copy
+    # of the tensor between the norms and the step, and XLA:CPU writes it out.
+    return lax.optimization_barrier(x).astype(accumulation_dtype(x.dtype))
 
 
 def plain_sums(groups, inputs, with_dot):
@@ -170,6 +188,7 @@ def plain_sums(groups, inputs, with_dot):
     """
     per_group = []
     for group, xs in zip(groups, inputs):
+        xs = [_upcast(x) for x in xs]
         sums = [jnp.sum(x * x, axis=group.reduce_axes, keepdims=True) for x in xs]
         if with_dot:
             sums.append(jnp.sum(xs[0] * xs[1], axis=group.reduce_axes, keepdims=True))
@@ -179,6 +198,7 @@ def plain_sums(groups, inputs, with_dot):
 
 def plain_cosine(group, xs, norms):
     """cos(W, g) of a group (inputs `xs`) from a plain inner product and its plain norms."""
+    xs = [_upcast(x) for x in xs]
     dot = _psum(jnp.sum(xs[0] * xs[1], axis=group.reduce_axes, keepdims=True), group.axis_names)
     return _cosine(dot, norms[0], norms[1])
 
@@ -186,7 +206,7 @@ def plain_cosine(group, xs, norms):
 def rescaled_norms(group, xs, with_dot):
     """Norms (and cosine) of a group (inputs `xs`), each slice scaled by a power of two first."""
     scaled = []
-    for x in xs:
+    for x in map(_upcast, xs):
         # initial=0: a tensor of size 0 has max-abs 0 (and norm 0).
         max_abs = jnp.max(jnp.abs(x), axis=group.reduce_axes, keepdims=True, initial=0)
         scale = _reciprocal_power_of_two(_pmax(max_abs, group.axis_names))

@@ -11,8 +11,12 @@ they are made exact; `_batching` makes them fast. Norms come
   flushed subnormal squares could matter), every norm is recomputed after
   scaling each tensor (or slice) by a power of two read off its max-abs value.
   That fallback sits behind a single branch (`lax.switch`) for the whole tree,
-  so it runs only when needed (on a CPU the branch point still costs some
-  overlap between the reductions and the step; the numbers are in the README);
+  so it runs only when needed. The branch is kept on purpose: accumulating
+  every sum at three power-of-two scales in the same read would need no branch,
+  but XLA:CPU gives only a lone Σx² its fast reduction kernel, and such a step
+  measured 2.2× slower than this one (`benchmarks/step_speed/norm_variants.py`;
+  the numbers are in the README). The branches read the groups' stacked inputs,
+  not the leaves, so they add a few operands per group, not one per tensor;
 * **with the inner product when the caller says so**: in the same read
   (`plain_norms(..., inner_product=True)`), or only on steps where a boolean
   that the caller computed from the plain norms is True (`finish(plain,
@@ -21,7 +25,8 @@ they are made exact; `_batching` makes them fast. Norms come
   and **globally** across devices when `axis_names` names mesh axes.
 
 A zero sum of squares is checked too (every square may have underflowed),
-except for slices that the caller marks as exactly zero (`exact_zero_where`).
+except for slices that the caller marks as exactly zero (`finish(plain,
+exact_zero_where=...)`, per group).
 
 The protocol has two steps, so that decisions stay with the caller and arrive
 here as data: `plain_norms` reduces, then `finish` picks the exact values.

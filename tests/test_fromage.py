@@ -1,5 +1,7 @@
 """`fromage` and the equivalent chain of building blocks against the float64 NumPy reference."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -263,6 +265,43 @@ def test_inner_product_is_skipped_only_far_from_the_bound(monkeypatch):
     initial, params, grads = _near_the_bound(0.95, p_bound)
     optimizer.update(grads, optimizer.init(initial), params)
     assert calls
+
+
+@pytest.mark.parametrize("p_bound", [None, 1.5])
+def test_one_conditional_for_the_whole_tree(p_bound):
+    # The overflow fallback (and p_bound's lazy inner product) sit behind a single
+    # branch for the whole tree, however many groups of tensors it has. A branch-free
+    # design measured slower on CPUs: see `benchmarks/step_speed/norm_variants.py`.
+    params = {
+        "big": jnp.ones((300, 300)),
+        "kernels": [jnp.ones((4, 5)) for _ in range(70)],
+        "biases": [jnp.zeros(5) for _ in range(70)],
+        "scalar": jnp.ones(()),
+    }
+    optimizer = fromage_optax.fromage(0.1, p_bound)
+    state = optimizer.init(params)
+    hlo = jax.jit(optimizer.update).lower(params, state, params).compile().as_text()
+    assert hlo.count(" conditional(") == 1
+
+
+def test_branches_take_the_groups_inputs_in_their_own_dtype():
+    # The fallback branches read each group's stacked inputs (a few operands per
+    # group, not one per leaf), in the params' own dtype: a float32 copy of a bfloat16
+    # tensor handed to a branch is written out by XLA:CPU every step (8-11x SGD).
+    params = {
+        "big": jnp.ones((300, 300), jnp.bfloat16),
+        "small": [jnp.ones((4, 5), jnp.float32) for _ in range(100)],
+    }
+    optimizer = fromage_optax.fromage(0.1)
+    hlo = jax.jit(optimizer.update).lower(params, optimizer.init(params), params)
+    text = hlo.compile().as_text()
+    (line,) = [line for line in text.splitlines() if " conditional(" in line]
+    branches = re.search(r"branch_computations=\{([^}]*)\}", line).group(1).split(", ")
+    for branch in branches:
+        (header,) = [h for h in text.splitlines() if h.startswith(branch + " (")]
+        parameters = header.split(") -> ")[0]
+        assert "f32[300,300]" not in parameters and "f32[100,4,5]" not in parameters
+        assert parameters.count("[4,5]") <= 4, parameters[:300]  # stacked, not 100 leaves
 
 
 def test_initial_norms_per_layer_slice_and_a_state_that_does_not_fit():

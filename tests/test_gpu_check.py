@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
-STEPS = ("device", "step_speed_a", "step_speed_gpt", "transformer", "depth", "step_speed_b")
+STEPS = (
+    "device",
+    "step_speed_a",
+    "step_speed_gpt",
+    "step_speed_design",
+    "transformer",
+    "depth",
+    "step_speed_b",
+)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ import json
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from benchmarks.step_speed import __main__ as step_speed_cli
@@ -95,3 +96,35 @@ def test_memory_traffic_floor():
     assert rows[0]["floor_bytes"] == 3 * rows[0]["param_bytes"] + 2 * rows[0]["state_bytes"]
     assert rows[0]["floor_ms"] == pytest.approx(rows[0]["floor_bytes"] / 1e9 * 1e3)
     assert rows[0]["x_floor"] == pytest.approx(rows[0]["ms"] / rows[0]["floor_ms"])
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-30, 1e30])
+def test_design_study_steps_against_the_reference(scale):
+    # The two design-study contenders are Fromage steps from different norm passes: the
+    # three-scale one is exact at every scale; the plain-sums one only at moderate ones.
+    from _reference import reference_step, relative_error
+
+    rng = np.random.default_rng(0)
+    params = {
+        "w": rng.normal(size=(30, 20)).astype(np.float32),
+        "biases": [rng.normal(size=(7,)).astype(np.float32) for _ in range(3)],
+        "zero": np.zeros(5, np.float32),
+    }
+    grads = jax.tree.map(lambda x: (rng.normal(size=x.shape) * scale).astype(np.float32), params)
+    for name in configs.DESIGN_STUDY:
+        optimizer = configs.OPTIMIZERS[name]()
+        updates, _ = jax.jit(optimizer.update)(grads, optimizer.init(params), params)
+        new = optax.apply_updates(params, updates)
+        errors = [
+            relative_error(n, reference_step(w, g, 0.01))
+            for n, w, g in zip(*(jax.tree.leaves(t) for t in (new, params, grads)))
+        ]
+        if name == "three-scale step" or scale == 1.0:
+            assert max(errors) < 1e-6, (name, errors)
+        else:  # a plain sum of squares over- or underflows: that step is wrong
+            assert max(errors) > 1e-3, (name, errors)
+
+
+def test_design_study_is_not_run_by_default():
+    assert not set(configs.DESIGN_STUDY) & set(configs.PRESETS["cpu"].optimizers)
+    assert set(configs.DESIGN_STUDY) <= set(configs.NORM_BASED_OPTIMIZERS)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from benchmarks import optimizers
+from benchmarks.step_speed import norm_variants
 
 # The contenders, by display name: each a registry optimiser at a typical learning rate.
 OPTIMIZERS = {
@@ -21,7 +22,12 @@ OPTIMIZERS = {
     "fromage p_bound=2, at the bound": functools.partial(
         optimizers.create, "fromage", 0.01, p_bound=2.0
     ),
+    # Design study (`norm_variants`), not run unless named: the step from plain sums only
+    # (inexact at extreme scales) and from sums at three scales in one read (branch-free).
+    "plain-sums step": functools.partial(norm_variants.plain_sums_step, 0.01),
+    "three-scale step": functools.partial(norm_variants.three_scale_step, 0.01),
 }
+DESIGN_STUDY = ("plain-sums step", "three-scale step")
 INIT_SCALE = {"fromage p_bound=2, at the bound": 0.5}
 TRAIN_STEP_OPTIMIZERS = ("optax.sgd", "optax.adam", "fromage")
 # The least memory traffic of one step, counted in params-sized passes: every optimiser
@@ -35,6 +41,7 @@ NORM_BASED_OPTIMIZERS = frozenset(
         "fromage",
         "fromage p_bound=2",
         "fromage p_bound=2, at the bound",
+        *DESIGN_STUDY,
     }
 )
 # Peak memory bandwidth in GB/s by `device_kind` (first match wins): the vendors' figures.
@@ -72,10 +79,14 @@ class Config:
     gpt_train: Mapping[str, Any] = dataclasses.field(metadata={"flag": False})
     tree_names: tuple[str, ...] = dataclasses.field(
         default=("few_large", "many_small", "gpt"),
-        metadata={"aliases": ("--trees",), "help": "e.g. few_large,many_small,gpt"},
+        metadata={
+            "aliases": ("--trees",),
+            "help": "e.g. few_large,many_small,gpt (many_tiny, for compile time, on request)",
+        },
     )
     optimizers: tuple[str, ...] = dataclasses.field(
-        default=tuple(OPTIMIZERS), metadata={"choices": tuple(OPTIMIZERS)}
+        default=tuple(n for n in OPTIMIZERS if n not in DESIGN_STUDY),
+        metadata={"choices": tuple(OPTIMIZERS)},
     )
     train_steps: bool = dataclasses.field(
         default=True, metadata={"help": "time whole train steps too (--no-train-steps: skip)"}
@@ -94,6 +105,8 @@ class Config:
 _FULL_TREES = {
     "few_large": {"leaves": 100, "shape": (500, 1000)},
     "many_small": {"pairs": 1000, "kernel": (40, 49)},
+    # Thousands of tiny tensors (norm-layer scales, biases): compile time's worst case.
+    "many_tiny": {"leaves": 5000, "shape": (8,)},
 }
 PRESETS = {
     # Seconds (the tests): compile time grows with the leaves, so the trees are small.
@@ -101,6 +114,7 @@ PRESETS = {
         trees={
             "few_large": {"leaves": 2, "shape": (100, 250)},
             "many_small": {"pairs": 4, "kernel": (8, 12)},
+            "many_tiny": {"leaves": 20, "shape": (8,)},
             "gpt": {"gpt_preset": "tiny"},
         },
         dtypes=("float32",),
