@@ -200,7 +200,7 @@ def _group_norms(split, group):
         return flat[starts[0] : starts[0] + size].reshape(shape)
     steps = {b - a for a, b in zip(starts, starts[1:])}
     if size == 1 and len(steps) == 1:
-        values = jax.lax.slice(flat, (starts[0],), (starts[-1] + 1,), (steps.pop(),))
+        values = lax.slice(flat, (starts[0],), (starts[-1] + 1,), (steps.pop(),))
     else:
         values = flat[np.stack([np.arange(start, start + size) for start in starts])]
     return values.reshape((len(starts), *shape))

@@ -15,8 +15,9 @@ they are made exact; `_batching` makes them fast. Norms come
   every sum at three power-of-two scales in the same read would need no branch,
   but XLA:CPU gives only a lone Σx² its fast reduction kernel, and such a step
   measured 2.2× slower than this one (`benchmarks/step_speed/norm_variants.py`;
-  the numbers are in the README). The branches read the groups' stacked inputs,
-  not the leaves, so they add a few operands per group, not one per tensor;
+  the numbers are in the README). The branches read the groups' stacked inputs
+  (low-precision groups as their members, stacked again inside), not every
+  leaf, so a float32 tree adds a few operands per group, not one per tensor;
 * **with the inner product when the caller says so**: in the same read
   (`plain_norms(..., inner_product=True)`), or only on steps where a boolean
   that the caller computed from the plain norms is True (`finish(plain,
@@ -92,10 +93,9 @@ class PlainNorms(NamedTuple):
 
     Attributes:
       groups: how the leaves were grouped (`_batching.Group`).
-      inputs: per group, its tensors (and partners), upcast and stacked
-        (`_batching.group_inputs`): the branches of `finish` read these, not
-        the leaves, so that they take a few operands per group rather than
-        one per leaf.
+      inputs: per group, its tensors (and partners), stacked, in their own
+        dtype (`_batching.group_inputs`): the branches of `finish` read these,
+        so that they take a few operands per group rather than one per leaf.
       stats: one `GroupStats` per group from the plain sums (cosine only with
         ``inner_product``).
       sums: per group, the plain sums (`_batching.plain_sums`), for `finish` to
