@@ -1,4 +1,4 @@
-"""Two Fromage steps that differ from `fromage_optax.fromage` only in how they get the norms.
+"""Two Fromage steps, each one elementwise pass a·W + b·g per tensor after one norm pass.
 
 They exist to measure a design question, not to be used: should the step keep a
 conditional for the norms' overflow fallback, or accumulate every sum of squares
@@ -11,8 +11,11 @@ range (no conditional at all)?
 * ``three_scale_step``: Σx², Σ(x·2⁻⁶⁴)² and Σ(x·2⁶⁴)² in the same read, the plain
   one where it is in range: exact at every scale and branch-free.
 
-Both group and stack tensors exactly as the library does (`_batching`), and take
-the plain step ``W − ηg`` where a norm is 0. No p_bound, no layer axes.
+Both group and stack tensors exactly as the library does (`_batching`) and take
+the plain step ``W − ηg`` where a norm is 0; they differ from `fromage_optax.fromage`
+in the norm pass and in forming b = −η‖W‖/(‖g‖√(1+η²)) directly (the library splits
+off a power of two so that it cannot under- or overflow, which costs nothing
+measurable). No p_bound, no layer axes.
 """
 
 from __future__ import annotations
