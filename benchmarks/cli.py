@@ -5,7 +5,8 @@ and every field is a flag that overrides it, the same way in every experiment.
 ``some_field``. The flag's type comes from the field's annotation: ``int``,
 ``float``, ``str``, ``bool`` (``--flag``/``--no-flag``), ``X | None`` (the word
 ``none`` for None) and ``tuple[X, ...]`` (several values, space- or
-comma-separated: ``--depths 1 2 4`` = ``--depths 1,2,4``). A field's metadata
+comma-separated: ``--depths 1 2 4`` = ``--depths 1,2,4``; a choice whose name
+holds a comma is still one value). A field's metadata
 may add ``help``, ``choices``, ``parse`` (the parser of one value),
 ``aliases`` (more flag names) and ``flag=False`` (no flag). A field named
 ``preset`` (give it ``flag=False``) records the preset's name::
@@ -70,8 +71,23 @@ class _Concatenate(argparse.Action):
         setattr(namespace, self.dest, tuple(item for group in values for item in group))
 
 
-def _split(parse: Callable[[str], Any]) -> Callable[[str], tuple]:
-    return lambda text: tuple(parse(item.strip()) for item in text.split(",") if item.strip())
+def _split(parse: Callable[[str], Any], choices=None) -> Callable[[str], tuple]:
+    """Splits ``a,b`` into values; with `choices`, a choice whose name holds a comma stays whole
+    (the longest run of comma-separated pieces that names a choice is one value)."""
+
+    def split(text: str) -> tuple:
+        pieces, items, start = text.split(","), [], 0
+        while start < len(pieces):
+            end = start + 1
+            for stop in range(len(pieces), start + 1, -1) if choices else ():
+                if ",".join(pieces[start:stop]).strip() in choices:
+                    end = stop
+                    break
+            items.append(",".join(pieces[start:end]).strip())
+            start = end
+        return tuple(parse(item) for item in items if item)
+
+    return split
 
 
 def _help(field: dataclasses.Field) -> str | None:
@@ -98,7 +114,8 @@ def add_preset_arguments(parser: argparse.ArgumentParser, presets: Mapping[str, 
             parse, is_tuple = _value_parser(hints[field.name], metadata)
             if is_tuple:
                 metavar = field.name.rsplit("_", 1)[-1].upper()
-                kwargs.update(nargs="+", type=_split(parse), action=_Concatenate, metavar=metavar)
+                split = _split(parse, metadata.get("choices"))
+                kwargs.update(nargs="+", type=split, action=_Concatenate, metavar=metavar)
             else:
                 kwargs["type"] = parse
         parser.add_argument(*names, **kwargs)

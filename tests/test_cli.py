@@ -13,6 +13,9 @@ class Config:
     sizes: tuple[int, ...]
     bounds: tuple[float | None, ...] = (None,)
     name: str = dataclasses.field(default="a", metadata={"choices": ("a", "b")})
+    names: tuple[str, ...] = dataclasses.field(
+        default=("a",), metadata={"choices": ("a", "a, at the bound", "b")}
+    )
     rate: float | None = dataclasses.field(default=None, metadata={"aliases": ("--lr",)})
     scan: bool = False
     table: dict = dataclasses.field(default_factory=dict, metadata={"flag": False})
@@ -44,8 +47,21 @@ def test_flags_override_preset_fields():
     assert parse(["--rate", "none"]).rate is None
 
 
+def test_a_choice_whose_name_holds_a_comma_is_one_value():
+    assert parse(["--names", "a,a, at the bound,b"]).names == ("a", "a, at the bound", "b")
+    assert parse(["--names", "a, at the bound", "a"]).names == ("a, at the bound", "a")
+    assert parse(["--names", "b, a"]).names == ("b", "a")
+
+
 @pytest.mark.parametrize(
-    "argv", [["--name", "c"], ["--epochs", "-1"], ["--sizes", "x"], ["--table", "1"]]
+    "argv",
+    [
+        ["--name", "c"],
+        ["--names", "a, at the"],
+        ["--epochs", "-1"],
+        ["--sizes", "x"],
+        ["--table", "1"],
+    ],
 )
 def test_bad_flags_are_command_line_errors(argv):
     with pytest.raises(SystemExit):
