@@ -124,7 +124,7 @@ step step_speed_gpt 80 "$PYTHON" -m benchmarks.step_speed "${SS[@]}" "${SS_AG_OP
   --trees gpt --dtypes float32,bfloat16 --no-train-steps --out "$OUT/step_speed_gpt"
 # Design question of issue #13: the library's single branch against a branch-free norm pass.
 step step_speed_design 60 "$PYTHON" -m benchmarks.step_speed "${SS[@]}" \
-  --optimizers "optax.sgd,fromage,plain-sums step,three-scale step" --trees few_large,gpt \
+  --optimizers "optax.sgd,fromage,plain-sums step,gated plain-sums step,three-scale step" --trees few_large,gpt \
   --dtypes float32 --no-train-steps --out "$OUT/step_speed_design"
 step transformer 165 "$PYTHON" -m benchmarks.transformer "${TRANSFORMER[@]}" \
   --optimizers fromage adamw --fromage-lrs 0.01 --fromage-p-bounds none --adamw-lrs 0.001 \

@@ -23,11 +23,13 @@ OPTIMIZERS = {
         optimizers.create, "fromage", 0.01, p_bound=2.0
     ),
     # Design study (`norm_variants`), not run unless named: the step from plain sums only
-    # (inexact at extreme scales) and from sums at three scales in one read (branch-free).
+    # (inexact at extreme scales), from plain sums behind the library's one-conditional
+    # fallback (exact), and from sums at three scales in one read (exact, branch-free).
     "plain-sums step": functools.partial(norm_variants.plain_sums_step, 0.01),
+    "gated plain-sums step": functools.partial(norm_variants.gated_plain_sums_step, 0.01),
     "three-scale step": functools.partial(norm_variants.three_scale_step, 0.01),
 }
-DESIGN_STUDY = ("plain-sums step", "three-scale step")
+DESIGN_STUDY = ("plain-sums step", "gated plain-sums step", "three-scale step")
 INIT_SCALE = {"fromage p_bound=2, at the bound": 0.5}
 TRAIN_STEP_OPTIMIZERS = ("optax.sgd", "optax.adam", "fromage")
 # The least memory traffic of one step, counted in params-sized passes: every optimiser
