@@ -245,15 +245,15 @@ def _times(coefficient, x):
 
 
 def _fromage_updates(
-    param_leaves, update_leaves, groups, initial_norms, learning_rate, p_bound, valid
+    param_leaves, update_leaves, groups, initial_norms, learning_rate, p_bound, valid, new_leaves
 ):
-    """W' − W for every leaf: one elementwise pass per tensor (`initial_norms`: per group).
+    """W' − W for every leaf of `groups` into `new_leaves`: one elementwise pass per tensor
+    (`initial_norms`: per group).
 
     The scalar part (norm ratios, the bound) is computed per group of tensors
     whose norms were reduced together, so a tree of thousands of small tensors
     compiles to a few scalar operations per group rather than per tensor.
     """
-    new_leaves: list = [None] * len(param_leaves)
     for group, initial_norm in zip(groups, initial_norms):
         dtype = _step_dtype(param_leaves, update_leaves, group)
         param_coefficient, update_coefficient, update_multiplier = _step.nan_where_invalid(
@@ -294,7 +294,6 @@ def _fromage_updates(
             # releases did (the other orders differ by an ulp), so runs reproduce.
             new = lax.add(new_g, new_w) if p_bound is None else lax.add(new_w, new_g)
             new_leaves[i] = _as(new, param_leaves[i].dtype)
-    return new_leaves
 
 
 def fromage(
@@ -417,30 +416,29 @@ def fromage(
             split = _split_norms(state.initial_norms, param_leaves, leaf_layer_axes, name)
 
         eta = learning_rate_at(learning_rate, state.count, name)
-        plain = _norms.plain_norms(param_leaves, update_leaves, leaf_layer_axes, leaf_axis_names)
-        initial_norms = [
-            None if split is None else _group_norms(split, group) for group in plain.groups
-        ]
-        groups = _norms.finish(
-            plain,
-            # Under p_bound a tensor that started at zero (‖W₀‖ = 0) is held exactly at zero.
-            exact_zero_where=None if p_bound is None else initial_norms,
-            # ⟨W, g⟩ is needed only on steps where some tensor could pass its bound.
-            inner_product_when=None
-            if p_bound is None
-            else _any_could_pass_bound(
-                param_leaves, update_leaves, initial_norms, eta, p_bound, plain.stats
-            ),
-        )
-        new_leaves = _fromage_updates(
-            param_leaves,
-            update_leaves,
-            groups,
-            initial_norms,
-            eta,
-            p_bound,
-            _step.hyperparameters_valid(eta, p_bound),
-        )
+        valid = _step.hyperparameters_valid(eta, p_bound)
+        new_leaves: list = [None] * len(param_leaves)
+        after = None
+        # One run of groups at a time, each behind its own branch (one run for the whole
+        # tree off CPUs): norms, then the exact norms, then the steps.
+        for run in _norms.segments(param_leaves, update_leaves, leaf_layer_axes, leaf_axis_names):
+            plain = _norms.plain_norms(run, param_leaves, update_leaves, after=after)
+            initial_norms = [None if split is None else _group_norms(split, g) for g in run]
+            groups = _norms.finish(
+                plain,
+                # Under p_bound a tensor that started at zero (‖W₀‖ = 0) is held exactly at zero.
+                exact_zero_where=None if p_bound is None else initial_norms,
+                # ⟨W, g⟩ is needed only on steps where some tensor could pass its bound.
+                inner_product_when=None
+                if p_bound is None
+                else _any_could_pass_bound(
+                    param_leaves, update_leaves, initial_norms, eta, p_bound, plain.stats
+                ),
+            )
+            _fromage_updates(
+                param_leaves, update_leaves, groups, initial_norms, eta, p_bound, valid, new_leaves
+            )
+            after = groups[0].stats.param_norm
         new_state = FromageState(optax.safe_increment(state.count), state.initial_norms)
         return jax.tree.unflatten(treedef, new_leaves), new_state
 

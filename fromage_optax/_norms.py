@@ -10,16 +10,19 @@ they are made exact; `_batching` makes them fast. Norms come
   safely inside the floating-point range (it overflowed, or is so small that
   flushed subnormal squares could matter), every norm is recomputed after
   scaling each tensor (or slice) by a power of two read off its max-abs value.
-  That fallback sits behind a single branch (`lax.switch`) for the whole tree,
-  so it runs only when needed. The branch is kept on purpose: accumulating
-  every sum at three power-of-two scales in the same read would need no branch,
-  but XLA:CPU gives only a lone Σx² its fast reduction kernel, and such a step
-  measured about twice as slow as this one (`benchmarks/step_speed/norm_variants.py`;
-  the numbers are in the README). The branch itself is what an exact step costs
-  on XLA:CPU (the same step from plain sums without it took 1.35× SGD on 100
-  tensors of 2 MB, against 2.0× with it). The branches read the groups' stacked inputs
-  (low-precision groups as their members, stacked again inside), not every
-  leaf, so a float32 tree adds a few operands per group, not one per tensor;
+  That fallback sits behind a branch (`lax.switch`), so it runs only when
+  needed: one branch for each run of groups that `segments` makes (off CPUs one
+  run, the whole tree; on CPUs the small tensors together and each large tensor
+  on its own, each run's reductions waiting for the previous run's branch, so
+  that a tensor's step follows its norms while W and g are still in the cache:
+  1.5x SGD on 100 tensors of 2 MB, against 2.0x with one branch for the tree).
+  A branch is kept on purpose: accumulating every sum at three power-of-two
+  scales in the same read would need none, but XLA:CPU gives only a lone Σx²
+  its fast reduction kernel, and such a step measured about twice as slow
+  (`benchmarks/step_speed/norm_variants.py`; the numbers are in the README).
+  The branches read the groups' stacked inputs (low-precision groups as their
+  members, stacked again inside), not every leaf, so a float32 tree adds a few
+  operands per group, not one per tensor;
 * **with the inner product when the caller says so**: in the same read
   (`plain_norms(..., inner_product=True)`), or only on steps where a boolean
   that the caller computed from the plain norms is True (`finish(plain,
@@ -31,9 +34,11 @@ A zero sum of squares is checked too (every square may have underflowed),
 except for slices that the caller marks as exactly zero (`finish(plain,
 exact_zero_where=...)`, per group).
 
-The protocol has two steps, so that decisions stay with the caller and arrive
-here as data: `plain_norms` reduces, then `finish` picks the exact values.
-`paired_norm_stats` and `tensor_norms` do both for the per-leaf callers. Every
+The protocol has two steps per run of `segments`, so that decisions stay with
+the caller and arrive here as data: `plain_norms` reduces, then `finish` picks
+the exact values (the next run's `plain_norms` takes this run's norms as
+``after``). `paired_norm_stats` and `tensor_norms` do all of it for the per-leaf
+callers. Every
 norm comes back with `keepdims=True` shapes (size 1 on the reduced axes), so
 it broadcasts against its tensor.
 """
@@ -59,6 +64,7 @@ __all__ = [
     "paired_norm_stats",
     "plain_norms",
     "power_of_two_scale",
+    "segments",
     "tensor_norms",
 ]
 
@@ -137,27 +143,45 @@ def _trusted(sums, source_count, exact_zero_where):
     return jnp.all(jnp.stack(flags))
 
 
-def plain_norms(
+def segments(
     tensors: Sequence[jax.Array],
     partners: Sequence[jax.Array] | None,
     layer_axes: Sequence[tuple[int, ...]],
     axis_names: Sequence[tuple[str, ...]],
-    *,
-    inner_product: bool = False,
-) -> PlainNorms:
-    """Step 1: plain norms of `tensors` (and `partners`) from one read of each.
+) -> list[list]:
+    """The leaves' groups (`_batching.Group`), in the runs that `plain_norms` and `finish` take
+    one at a time, each behind one branch (`_batching.segments`).
 
     Args:
       tensors: leaves W.
       partners: None, or leaves g of the same shapes.
       layer_axes: per leaf, the axes indexing separate layers (empty: one layer).
       axis_names: per leaf, mesh axes to sum over (empty: not sharded).
-      inner_product: also reduce ⟨W, g⟩ in the same read.
     """
-    groups = _batching.make_groups(tensors, partners, layer_axes, axis_names)
+    return _batching.segments(_batching.make_groups(tensors, partners, layer_axes, axis_names))
+
+
+def plain_norms(
+    groups: list,
+    tensors: Sequence[jax.Array],
+    partners: Sequence[jax.Array] | None = None,
+    *,
+    inner_product: bool = False,
+    after: Any = None,
+) -> PlainNorms:
+    """Step 1: plain norms of one run of `segments` from one read of each tensor.
+
+    Args:
+      groups: one entry of `segments(tensors, partners, ...)`.
+      tensors, partners: as given to `segments`.
+      inner_product: also reduce ⟨W, g⟩ in the same read.
+      after: None, or an array (the previous run's norms) that these reductions
+        wait for, so that each run's steps follow its own norms while its tensors
+        are still in the cache.
+    """
     sources = [tensors] if partners is None else [tensors, partners]
     inputs = [_batching.group_inputs(group, sources) for group in groups]
-    sums = _batching.plain_sums(groups, inputs, inner_product)
+    sums = _batching.plain_sums(groups, inputs, inner_product, after)
     stats = [
         _group_stats(
             group, _batching.norms_from_sums(s, inner_product), bool(partners), inner_product
@@ -170,9 +194,9 @@ def plain_norms(
 def finish(
     plain: PlainNorms, *, exact_zero_where: Any = None, inner_product_when: Any = None
 ) -> list[GroupStats]:
-    """Step 2: the exact norms, one `GroupStats` per group covering every leaf once.
+    """Step 2: the exact norms, one `GroupStats` per group of the run.
 
-    The plain norms where they are trusted, else (for the whole tree, behind one
+    The plain norms where they are trusted, else (for the whole run, behind one
     `lax.switch`) the rescaled ones. `exact_zero_where`: optional, per group of
     ``plain.groups``, numbers shaped like its norms whose zero entries mark
     slices known to be exactly zero when their sum of squares is (so it needs no
@@ -245,6 +269,18 @@ def _per_leaf(groups: list[GroupStats], count: int) -> list[PairStats]:
     return per_leaf
 
 
+def _exact_norms(tensors, partners, layer_axes, axis_names, inner_product) -> list[PairStats]:
+    """Both steps for every run of `segments`, each run after the previous one."""
+    finished: list[GroupStats] = []
+    after = None
+    for groups in segments(tensors, partners, layer_axes, axis_names):
+        plain = plain_norms(groups, tensors, partners, inner_product=inner_product, after=after)
+        stats = finish(plain)
+        finished.extend(stats)
+        after = stats[0].stats.param_norm
+    return _per_leaf(finished, len(tensors))
+
+
 def paired_norm_stats(
     params: Sequence[jax.Array],
     updates: Sequence[jax.Array],
@@ -258,8 +294,7 @@ def paired_norm_stats(
       One `PairStats` per leaf; every array has the leaf's rank with size 1 on
       the reduced axes, in the accumulation dtype.
     """
-    plain = plain_norms(params, updates, layer_axes, axis_names, inner_product=with_cosine)
-    return _per_leaf(finish(plain), len(params))
+    return _exact_norms(params, updates, layer_axes, axis_names, with_cosine)
 
 
 def tensor_norms(
@@ -268,5 +303,4 @@ def tensor_norms(
     axis_names: Sequence[tuple[str, ...]],
 ) -> list[jax.Array]:
     """‖W‖ for every leaf (per layer slice), overflow-proof, keepdims shapes."""
-    plain = plain_norms(tensors, None, layer_axes, axis_names)
-    return [stats.param_norm for stats in _per_leaf(finish(plain), len(tensors))]
+    return [s.param_norm for s in _exact_norms(tensors, None, layer_axes, axis_names, False)]

@@ -268,12 +268,19 @@ def test_inner_product_is_skipped_only_far_from_the_bound(monkeypatch):
 
 
 @pytest.mark.parametrize("p_bound", [None, 1.5])
-def test_one_conditional_for_the_whole_tree(p_bound):
-    # The overflow fallback (and p_bound's lazy inner product) sit behind a single
-    # branch for the whole tree, however many groups of tensors it has. A branch-free
-    # design measured slower on CPUs: see `benchmarks/step_speed/norm_variants.py`.
+@pytest.mark.parametrize("per_large_tensor", [False, True])
+def test_one_conditional_for_the_small_tensors_and_one_per_large_tensor(
+    p_bound, per_large_tensor, monkeypatch
+):
+    # The overflow fallback (and p_bound's lazy inner product) sit behind one branch
+    # for all the small tensors, however many groups they form, and on CPUs one more
+    # for each large tensor (elsewhere the whole tree shares one). A branch-free design
+    # measured slower on CPUs: see `benchmarks/step_speed/norm_variants.py`.
+    from fromage_optax import _batching
+
+    monkeypatch.setattr(_batching, "branch_per_large_tensor", lambda: per_large_tensor)
     params = {
-        "big": jnp.ones((300, 300)),
+        "big": [jnp.ones((300, 300)), jnp.ones((70_000,))],
         "kernels": [jnp.ones((4, 5)) for _ in range(70)],
         "biases": [jnp.zeros(5) for _ in range(70)],
         "scalar": jnp.ones(()),
@@ -281,7 +288,35 @@ def test_one_conditional_for_the_whole_tree(p_bound):
     optimizer = fromage_optax.fromage(0.1, p_bound)
     state = optimizer.init(params)
     hlo = jax.jit(optimizer.update).lower(params, state, params).compile().as_text()
-    assert hlo.count(" conditional(") == 1
+    assert hlo.count(" conditional(") == (3 if per_large_tensor else 1)
+
+
+def test_a_large_tensor_with_a_nan_leaves_the_next_ones_exact(monkeypatch):
+    # Each run's reductions start from an exact zero made from the previous run's norms
+    # (so that they wait for its branch): a NaN there must not reach the next runs, which
+    # keep their plain sums (outside jit the branch is taken in Python, so the calls of
+    # the fallback show which runs took it).
+    from fromage_optax import _batching
+
+    monkeypatch.setattr(_batching, "branch_per_large_tensor", lambda: True)
+    calls = []
+    rescaled_norms = _batching.rescaled_norms
+    monkeypatch.setattr(
+        _batching, "rescaled_norms", lambda *args: calls.append(1) or rescaled_norms(*args)
+    )
+    rng = np.random.default_rng(0)
+    params = [rng.normal(size=(300, 300)).astype(np.float32) for _ in range(3)]
+    grads = [rng.normal(size=(300, 300)).astype(np.float32) for _ in range(3)]
+    params[0][0, 0] = np.nan  # its norm, which the next run waits for, is NaN
+    optimizer = fromage_optax.fromage(0.01)
+    for update in (optimizer.update, jax.jit(optimizer.update)):
+        updates, _ = update(grads, optimizer.init(params), params)
+        new = optax.apply_updates(params, updates)
+        assert not np.isfinite(np.asarray(new[0])).all()  # as documented: non-finite
+        for w, g, n in zip(params[1:], grads[1:], new[1:]):
+            assert relative_error(n, reference_step(w, g, 0.01)) <= 1e-6
+        if update is optimizer.update:
+            assert len(calls) == 1  # the first run only
 
 
 def test_branches_take_the_groups_inputs_in_their_own_dtype():
@@ -295,8 +330,13 @@ def test_branches_take_the_groups_inputs_in_their_own_dtype():
     optimizer = fromage_optax.fromage(0.1)
     hlo = jax.jit(optimizer.update).lower(params, optimizer.init(params), params)
     text = hlo.compile().as_text()
-    (line,) = [line for line in text.splitlines() if " conditional(" in line]
-    branches = re.search(r"branch_computations=\{([^}]*)\}", line).group(1).split(", ")
+    lines = [line for line in text.splitlines() if " conditional(" in line]
+    assert lines
+    branches = [
+        branch
+        for line in lines
+        for branch in re.search(r"branch_computations=\{([^}]*)\}", line).group(1).split(", ")
+    ]
     for branch in branches:
         (header,) = [h for h in text.splitlines() if h.startswith(branch + " (")]
         parameters = header.split(") -> ")[0]
