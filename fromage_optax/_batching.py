@@ -209,6 +209,12 @@ def group_inputs(group: Group, sources):
     return xs
 
 
+def _full_precision(x) -> bool:
+    """Whether `group_inputs`' `x` is in its accumulation dtype already (no upcast)."""
+    dtype = x[0].dtype if isinstance(x, tuple) else x.dtype
+    return dtype == accumulation_dtype(dtype)
+
+
 def _upcast(x):
     """`group_inputs`' `x` stacked and in the accumulation dtype, upcast apart from every
     other upcast of it."""
@@ -236,10 +242,13 @@ def plain_sums(groups, inputs, with_dot, after=None):
     """
     per_group = []
     for group, xs in zip(groups, inputs):
+        # Low-precision tensors do not wait: for them the wait cost more than the cache
+        # saved (100 bfloat16 tensors of 1 MB: 2.3x SGD waiting, 1.9x not).
+        wait = after if all(_full_precision(x) for x in xs) else None
         xs = [_upcast(x) for x in xs]
-        sums = [_sum(x * x, group.reduce_axes, after) for x in xs]
+        sums = [_sum(x * x, group.reduce_axes, wait) for x in xs]
         if with_dot:
-            sums.append(_sum(xs[0] * xs[1], group.reduce_axes, after))
+            sums.append(_sum(xs[0] * xs[1], group.reduce_axes, wait))
         per_group.append([_psum(value, group.axis_names) for value in sums])
     return per_group
 
