@@ -291,6 +291,31 @@ def test_one_conditional_for_the_small_tensors_and_one_per_large_tensor(
     assert hlo.count(" conditional(") == (3 if per_large_tensor else 1)
 
 
+@pytest.mark.parametrize("p_bound", [None, 1.5])
+@pytest.mark.parametrize("per_large_tensor", [False, True])
+def test_both_branch_layouts_match_the_reference_at_mixed_scales(
+    p_bound, per_large_tensor, monkeypatch
+):
+    # One branch for the tree (off CPUs) or one per large tensor (CPUs): the same steps,
+    # with some runs taking the fallback (huge or tiny gradients) and others not.
+    from fromage_optax import _batching
+
+    monkeypatch.setattr(_batching, "branch_per_large_tensor", lambda: per_large_tensor)
+    rng = np.random.default_rng(1)
+    shapes = {"a": (300, 300), "b": (70_000,), "c": (300, 300), "k0": (4, 5), "k1": (4, 5)}
+    scales = {"a": 1.0, "b": 1e30, "c": 1.0, "k0": 1e-30, "k1": 1.0}
+    params = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    grads = {k: (rng.normal(size=s) * scales[k]).astype(np.float32) for k, s in shapes.items()}
+    initial = {k: 0.9 * v for k, v in params.items()}  # near the bound for p_bound=1.5
+    optimizer = fromage_optax.fromage(0.1, p_bound)
+    state = optimizer.init(initial)
+    updates, _ = jax.jit(optimizer.update)(grads, state, params)
+    new = optax.apply_updates(params, updates)
+    for k in params:
+        expected = reference_step(params[k], grads[k], 0.1, p_bound, initial[k])
+        assert relative_error(new[k], expected) <= 1e-6, k
+
+
 def test_a_large_tensor_with_a_nan_leaves_the_next_ones_exact(monkeypatch):
     # Each run's reductions start from an exact zero made from the previous run's norms
     # (so that they wait for its branch): a NaN there must not reach the next runs, which
