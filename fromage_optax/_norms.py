@@ -38,9 +38,8 @@ The protocol has two steps per run of `segments`, so that decisions stay with
 the caller and arrive here as data: `plain_norms` reduces, then `finish` picks
 the exact values (the next run's `plain_norms` takes this run's norms as
 ``after``). `paired_norm_stats` and `tensor_norms` do all of it for the per-leaf
-callers. Every
-norm comes back with `keepdims=True` shapes (size 1 on the reduced axes), so
-it broadcasts against its tensor.
+callers. Every norm comes back with `keepdims=True` shapes (size 1 on the
+reduced axes), so it broadcasts against its tensor.
 """
 
 from __future__ import annotations
