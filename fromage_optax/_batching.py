@@ -148,43 +148,38 @@ def make_groups(tensors, partners, layer_axes, axis_names) -> list[Group]:
     return groups
 
 
-def branch_per_large_tensor() -> bool:
-    """Whether every large tensor gets a fallback branch of its own (on CPUs), or the whole
-    tree shares one (elsewhere).
-
-    On XLA:CPU a step that waits for a branch after its norms no longer finds W and
-    g in the cache: with one branch for the tree, 100 tensors of 2 MB took 2.0x SGD;
-    with one per tensor, each tensor's reductions made to wait for the previous
-    tensor's branch (`after_token`), 1.5x. Elsewhere a branch may make the host
-    wait for its predicate, once per branch, so the tree keeps one.
-    """
-    return jax.default_backend() == "cpu"
-
-
-def segments(groups: list[Group]) -> list[list[Group]]:
+def segments(groups: list[Group], per_large_tensor: bool) -> list[list[Group]]:
     """The groups, split into the runs that share one fallback branch.
 
-    With `branch_per_large_tensor`: the small tensors' groups together, then each
-    large tensor on its own (for small tensors the per-kernel overhead dominates,
-    and a branch per group would cost more than the cache saves). Otherwise one run.
+    With `per_large_tensor` (the CPU layout): the small tensors' groups together,
+    then each large tensor on its own. On XLA:CPU a step that waits for a branch
+    after its norms no longer finds W and g in the cache: with one branch for the
+    tree, 100 tensors of 2 MB took 2.0x SGD; with one per tensor, each tensor's
+    reductions made to wait for the previous tensor's branch (`wait_for`), 1.5x.
+    For small tensors the per-kernel overhead dominates, and a branch per group
+    would cost more than the cache saves. Otherwise (elsewhere, where a branch
+    may make the host wait for its predicate, once per branch) one run.
     """
     if not groups:
         return []
-    if not branch_per_large_tensor():
+    if not per_large_tensor:
         return [groups]
     small = [group for group in groups if not group.large]
     return ([small] if small else []) + [[group] for group in groups if group.large]
 
 
-def after_token(value, dtype):
-    """An exact zero of `dtype` computed from `value`, which XLA cannot fold away.
+def wait_for(x, after):
+    """`x`, in a form that XLA may read only once `after` has been computed.
 
-    As the initial value of a reduction it makes the reduction wait for `value`:
-    the way one run of groups' norms is ordered after the previous run's branch.
-    NaN or infinite values still give 0.
+    The way one run of groups' norms is ordered after the previous run's branch:
+    both pass through one `lax.optimization_barrier`, which aliases `x` (no copy)
+    and, unlike a reduction's traced initial value, has rules for every JAX
+    transformation (vmap, jvp, transpose).
     """
-    zero = jnp.sum(value).astype(dtype) * 0
-    return jnp.where(zero == 0, zero, jnp.zeros((), dtype))
+    if after is None:
+        return x
+    x, _ = lax.optimization_barrier((x, after))
+    return x
 
 
 def group_inputs(group: Group, sources):
@@ -227,28 +222,22 @@ def _upcast(x):
     return lax.optimization_barrier(x).astype(accumulation_dtype(x.dtype))
 
 
-def _sum(x, axes, after):
-    """Σx over `axes`, keepdims, starting from `after_token(after)` when `after` is given."""
-    if after is None:
-        return jnp.sum(x, axis=axes, keepdims=True)
-    return lax.expand_dims(lax.reduce(x, after_token(after, x.dtype), lax.add, axes), axes)
-
-
 def plain_sums(groups, inputs, with_dot, after=None):
     """Per group: plain sums of squares (one per source) and the inner product.
 
     `inputs`: per group, its `group_inputs`. `after`: None, or an array that the
-    reductions wait for (see `after_token`).
+    reductions of unstacked full-precision groups wait for (see `wait_for`).
     """
     per_group = []
     for group, xs in zip(groups, inputs):
         # Low-precision tensors do not wait: for them the wait cost more than the cache
         # saved (100 bfloat16 tensors of 1 MB: 2.3x SGD waiting, 1.9x not).
-        wait = after if all(_full_precision(x) for x in xs) else None
+        if all(_full_precision(x) for x in xs) and not group.stacked:
+            xs = [wait_for(x, after) for x in xs]
         xs = [_upcast(x) for x in xs]
-        sums = [_sum(x * x, group.reduce_axes, wait) for x in xs]
+        sums = [jnp.sum(x * x, axis=group.reduce_axes, keepdims=True) for x in xs]
         if with_dot:
-            sums.append(_sum(xs[0] * xs[1], group.reduce_axes, wait))
+            sums.append(jnp.sum(xs[0] * xs[1], axis=group.reduce_axes, keepdims=True))
         per_group.append([_psum(value, group.axis_names) for value in sums])
     return per_group
 

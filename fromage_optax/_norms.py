@@ -11,9 +11,9 @@ they are made exact; `_batching` makes them fast. Norms come
   flushed subnormal squares could matter), every norm is recomputed after
   scaling each tensor (or slice) by a power of two read off its max-abs value.
   That fallback sits behind a branch (`lax.switch`), so it runs only when
-  needed: one branch for each run of groups that `segments` makes (off CPUs one
-  run, the whole tree; on CPUs the small tensors together and each large tensor
-  on its own, each run's reductions waiting for the previous run's branch, so
+  needed: one branch for each run of groups that `per_platform` makes (off CPUs
+  one run, the whole tree; on CPUs the small tensors together and each large
+  tensor on its own, each run's reductions waiting for the previous run's branch, so
   that a tensor's step follows its norms while W and g are still in the cache:
   1.5x SGD on 100 tensors of 2 MB, against 2.0x with one branch for the tree).
   A branch is kept on purpose: accumulating every sum at three power-of-two
@@ -34,7 +34,7 @@ A zero sum of squares is checked too (every square may have underflowed),
 except for slices that the caller marks as exactly zero (`finish(plain,
 exact_zero_where=...)`, per group).
 
-The protocol has two steps per run of `segments`, so that decisions stay with
+The protocol has two steps per run of `per_platform`, so that decisions stay with
 the caller and arrive here as data: `plain_norms` reduces, then `finish` picks
 the exact values (the next run's `plain_norms` takes this run's norms as
 ``after``). `paired_norm_stats` and `tensor_norms` do all of it for the per-leaf
@@ -44,7 +44,7 @@ reduced axes), so it broadcasts against its tensor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -63,7 +63,7 @@ __all__ = [
     "paired_norm_stats",
     "plain_norms",
     "power_of_two_scale",
-    "segments",
+    "per_platform",
     "tensor_norms",
 ]
 
@@ -142,22 +142,40 @@ def _trusted(sums, source_count, exact_zero_where):
     return jnp.all(jnp.stack(flags))
 
 
-def segments(
+def _choose(cpu: Callable[[], Any], default: Callable[[], Any]) -> Any:
+    """cpu() when the computation runs on a CPU, else default(): decided when it is lowered
+    for a platform (`lax.platform_dependent`), so an exported step carries both layouts."""
+    return lax.platform_dependent(cpu=cpu, default=default)
+
+
+def per_platform(
+    body: Callable[[list[list]], Any],
     tensors: Sequence[jax.Array],
     partners: Sequence[jax.Array] | None,
     layer_axes: Sequence[tuple[int, ...]],
     axis_names: Sequence[tuple[str, ...]],
-) -> list[list]:
-    """The leaves' groups (`_batching.Group`), in the runs that `plain_norms` and `finish` take
-    one at a time, each behind one branch (`_batching.segments`).
+) -> Any:
+    """body(runs) with the runs of groups (`_batching.Group`) of the platform it runs on.
+
+    `body` takes the runs one at a time, each through `plain_norms` and `finish`
+    (one branch each). On CPUs the small tensors form one run and every large
+    tensor one more; elsewhere the whole tree is one run (`_batching.segments`).
+    Where both layouts are the same (no large tensor) `body` is traced once.
 
     Args:
+      body: a function of the runs, returning a pytree of arrays (the same
+        structure for either layout).
       tensors: leaves W.
       partners: None, or leaves g of the same shapes.
       layer_axes: per leaf, the axes indexing separate layers (empty: one layer).
       axis_names: per leaf, mesh axes to sum over (empty: not sharded).
     """
-    return _batching.segments(_batching.make_groups(tensors, partners, layer_axes, axis_names))
+    groups = _batching.make_groups(tensors, partners, layer_axes, axis_names)
+    cpu_runs = _batching.segments(groups, per_large_tensor=True)
+    other_runs = _batching.segments(groups, per_large_tensor=False)
+    if len(cpu_runs) == len(other_runs):  # then the same runs
+        return body(other_runs)
+    return _choose(lambda: body(cpu_runs), lambda: body(other_runs))
 
 
 def plain_norms(
@@ -168,11 +186,11 @@ def plain_norms(
     inner_product: bool = False,
     after: Any = None,
 ) -> PlainNorms:
-    """Step 1: plain norms of one run of `segments` from one read of each tensor.
+    """Step 1: plain norms of one run (see `per_platform`) from one read of each tensor.
 
     Args:
-      groups: one entry of `segments(tensors, partners, ...)`.
-      tensors, partners: as given to `segments`.
+      groups: one run of the groups that `per_platform` hands its body.
+      tensors, partners: as given to `per_platform`.
       inner_product: also reduce ⟨W, g⟩ in the same read.
       after: None, or an array (the previous run's norms) that these reductions
         wait for, so that each run's steps follow its own norms while its tensors
@@ -269,15 +287,19 @@ def _per_leaf(groups: list[GroupStats], count: int) -> list[PairStats]:
 
 
 def _exact_norms(tensors, partners, layer_axes, axis_names, inner_product) -> list[PairStats]:
-    """Both steps for every run of `segments`, each run after the previous one."""
-    finished: list[GroupStats] = []
-    after = None
-    for groups in segments(tensors, partners, layer_axes, axis_names):
-        plain = plain_norms(groups, tensors, partners, inner_product=inner_product, after=after)
-        stats = finish(plain)
-        finished.extend(stats)
-        after = stats[0].stats.param_norm
-    return _per_leaf(finished, len(tensors))
+    """Both steps for every run, each run after the previous one."""
+
+    def body(runs):
+        finished: list[GroupStats] = []
+        after = None
+        for groups in runs:
+            plain = plain_norms(groups, tensors, partners, inner_product=inner_product, after=after)
+            stats = finish(plain)
+            finished.extend(stats)
+            after = stats[0].stats.param_norm
+        return _per_leaf(finished, len(tensors))
+
+    return per_platform(body, tensors, partners, layer_axes, axis_names)
 
 
 def paired_norm_stats(

@@ -267,6 +267,15 @@ def test_inner_product_is_skipped_only_far_from_the_bound(monkeypatch):
     assert calls
 
 
+def _force_layout(monkeypatch, per_large_tensor):
+    """Makes `lax.platform_dependent`'s choice of layout here: the CPU one or the others'."""
+    from fromage_optax import _norms
+
+    monkeypatch.setattr(
+        _norms, "_choose", lambda cpu, default: cpu() if per_large_tensor else default()
+    )
+
+
 @pytest.mark.parametrize("p_bound", [None, 1.5])
 @pytest.mark.parametrize("per_large_tensor", [False, True])
 def test_one_conditional_for_the_small_tensors_and_one_per_large_tensor(
@@ -276,9 +285,7 @@ def test_one_conditional_for_the_small_tensors_and_one_per_large_tensor(
     # for all the small tensors, however many groups they form, and on CPUs one more
     # for each large tensor (elsewhere the whole tree shares one). A branch-free design
     # measured slower on CPUs: see `benchmarks/step_speed/norm_variants.py`.
-    from fromage_optax import _batching
-
-    monkeypatch.setattr(_batching, "branch_per_large_tensor", lambda: per_large_tensor)
+    _force_layout(monkeypatch, per_large_tensor)
     params = {
         "big": [jnp.ones((300, 300)), jnp.ones((70_000,))],
         "kernels": [jnp.ones((4, 5)) for _ in range(70)],
@@ -298,9 +305,7 @@ def test_both_branch_layouts_match_the_reference_at_mixed_scales(
 ):
     # One branch for the tree (off CPUs) or one per large tensor (CPUs): the same steps,
     # with some runs taking the fallback (huge or tiny gradients) and others not.
-    from fromage_optax import _batching
-
-    monkeypatch.setattr(_batching, "branch_per_large_tensor", lambda: per_large_tensor)
+    _force_layout(monkeypatch, per_large_tensor)
     rng = np.random.default_rng(1)
     shapes = {"a": (300, 300), "b": (70_000,), "c": (300, 300), "k0": (4, 5), "k1": (4, 5)}
     scales = {"a": 1.0, "b": 1e30, "c": 1.0, "k0": 1e-30, "k1": 1.0}
@@ -317,13 +322,13 @@ def test_both_branch_layouts_match_the_reference_at_mixed_scales(
 
 
 def test_a_large_tensor_with_a_nan_leaves_the_next_ones_exact(monkeypatch):
-    # Each run's reductions start from an exact zero made from the previous run's norms
-    # (so that they wait for its branch): a NaN there must not reach the next runs, which
+    # Each run's reductions wait for the previous run's norms (through an optimization
+    # barrier): a NaN there must not reach the next runs, which
     # keep their plain sums (outside jit the branch is taken in Python, so the calls of
     # the fallback show which runs took it).
     from fromage_optax import _batching
 
-    monkeypatch.setattr(_batching, "branch_per_large_tensor", lambda: True)
+    _force_layout(monkeypatch, True)
     calls = []
     rescaled_norms = _batching.rescaled_norms
     monkeypatch.setattr(
