@@ -99,23 +99,14 @@ def _register_with_flax_serialization() -> None:
 class _Layout(NamedTuple):
     """Per tensor: its layer axes and how many elements each of its norms sums over.
 
-    Static metadata of `InitialNorms` that never affects how trees match: it
-    compares equal to every other `_Layout`, so a state built inside shard_map
-    (local shapes) still fits out_specs or checkpoint targets made from the
-    global params. `_check_layout` compares the fields themselves.
+    Static metadata of `InitialNorms`, compared by value: a jitted ``update``
+    traces again for a state of another layout, so `_check_layout` refuses it on
+    every call. The counts are global (across the devices of ``axis_name``), so
+    a state built inside shard_map matches one built from the global params.
     """
 
     layer_axes: tuple
     counts: tuple
-
-    def __eq__(self, other):
-        return isinstance(other, _Layout)
-
-    def __ne__(self, other):
-        return not self == other
-
-    def __hash__(self):
-        return hash(_Layout)
 
 
 def _layout(param_leaves, leaf_layer_axes, leaf_axis_names) -> _Layout:
@@ -327,23 +318,28 @@ def fromage(
 
     Norms are accumulated in at least float32 and cannot overflow or underflow,
     and the product η‖W‖/‖g‖·g is formed so that it cannot either: W and g may
-    each be scaled by anything in [1e-30, 1e30] and the step stays exact to
-    float32 rounding. Subnormal elements may be flushed to zero by the hardware.
-    A NaN or Inf gradient makes that tensor's step non-finite, as with any optax
-    optimiser; wrap with ``optax.apply_if_finite`` to skip such steps.
+    each be scaled by anything in [1e-30, 1e30], η may be any finite value, and
+    the step stays exact to float32 rounding. Subnormal elements may be flushed
+    to zero by the hardware. A NaN or Inf gradient makes that tensor's step
+    non-finite, as with any optax optimiser, and so does a tensor of finite
+    elements whose norm exceeds the largest finite value of its accumulation
+    dtype (float32: 3.4e38): its step is NaN rather than a rounded ratio of 0 or
+    inf. Wrap with ``optax.apply_if_finite`` to skip steps with a non-finite
+    gradient; chain ``optax.apply_if_finite(optax.identity(), n)`` after
+    ``fromage`` to skip every non-finite step.
 
     Hyperparameters that arrive at run time (a schedule's value, or
     ``optax.inject_hyperparams`` under jit) are not checked by an error: an
     invalid one (η NaN or ±inf, p_bound NaN, ±inf or ≤ 0) makes the whole step
     NaN; chain ``optax.apply_if_finite(optax.identity(), n)`` after ``fromage``
-    to skip such steps. η = 0 leaves the params
-    unchanged; a negative η takes the same-sized step uphill, with the bound
-    still applied.
+    to skip such steps. η = 0 (a constant, or a schedule's warm-up from 0)
+    leaves every tensor unchanged, except that with p_bound a tensor already
+    above ``p·‖W₀‖`` (possible with p < 1) is still scaled back to it; a negative
+    run-time η takes the same-sized step uphill, with the bound still applied.
 
     Args:
-      learning_rate: η, a positive float (at most about 9e18, so that η² is
-        finite in float32) or an optax schedule ``count -> η`` returning a
-        scalar. It is the relative size of each step (0.01 moves a tensor by
+      learning_rate: η, a float ≥ 0 (finite in float32) or an optax schedule
+        ``count -> η`` returning a scalar. It is the relative size of each step (0.01 moves a tensor by
         ~1%).
       p_bound: None, or p > 0: cap every tensor's norm at ``p·‖W₀‖``. A tensor
         that is zero at init is then held at zero (the authors' reference
@@ -417,28 +413,42 @@ def fromage(
 
         eta = learning_rate_at(learning_rate, state.count, name)
         valid = _step.hyperparameters_valid(eta, p_bound)
-        new_leaves: list = [None] * len(param_leaves)
-        after = None
-        # One run of groups at a time, each behind its own branch (one run for the whole
-        # tree off CPUs): norms, then the exact norms, then the steps.
-        for run in _norms.segments(param_leaves, update_leaves, leaf_layer_axes, leaf_axis_names):
-            plain = _norms.plain_norms(run, param_leaves, update_leaves, after=after)
-            initial_norms = [None if split is None else _group_norms(split, g) for g in run]
-            groups = _norms.finish(
-                plain,
-                # Under p_bound a tensor that started at zero (‖W₀‖ = 0) is held exactly at zero.
-                exact_zero_where=None if p_bound is None else initial_norms,
-                # ⟨W, g⟩ is needed only on steps where some tensor could pass its bound.
-                inner_product_when=None
-                if p_bound is None
-                else _any_could_pass_bound(
-                    param_leaves, update_leaves, initial_norms, eta, p_bound, plain.stats
-                ),
-            )
-            _fromage_updates(
-                param_leaves, update_leaves, groups, initial_norms, eta, p_bound, valid, new_leaves
-            )
-            after = groups[0].stats.param_norm
+
+        def steps(runs):
+            # One run of groups at a time, each behind its own branch: norms, then the
+            # exact norms, then the steps.
+            new_leaves: list = [None] * len(param_leaves)
+            after = None
+            for run in runs:
+                plain = _norms.plain_norms(run, param_leaves, update_leaves, after=after)
+                initial_norms = [None if split is None else _group_norms(split, g) for g in run]
+                groups = _norms.finish(
+                    plain,
+                    # Under p_bound a tensor that started at zero (‖W₀‖ = 0) stays at zero.
+                    exact_zero_where=None if p_bound is None else initial_norms,
+                    # ⟨W, g⟩ is needed only on steps where some tensor could pass its bound.
+                    inner_product_when=None
+                    if p_bound is None
+                    else _any_could_pass_bound(
+                        param_leaves, update_leaves, initial_norms, eta, p_bound, plain.stats
+                    ),
+                )
+                _fromage_updates(
+                    param_leaves,
+                    update_leaves,
+                    groups,
+                    initial_norms,
+                    eta,
+                    p_bound,
+                    valid,
+                    new_leaves,
+                )
+                after = groups[0].stats.param_norm
+            return new_leaves
+
+        new_leaves = _norms.per_platform(
+            steps, param_leaves, update_leaves, leaf_layer_axes, leaf_axis_names
+        )
         new_state = FromageState(optax.safe_increment(state.count), state.initial_norms)
         return jax.tree.unflatten(treedef, new_leaves), new_state
 

@@ -108,6 +108,12 @@ def check_axis_name_arg(axis_name: Any, name: str) -> None:
             f"{name}: axis_name must be a mesh axis name (str), a tuple of names, None, or a "
             f"pytree prefix of those; got {axis_name!r}."
         )
+    if isinstance(axis_name, list) and axis_name and all(isinstance(a, str) for a in axis_name):
+        raise TypeError(
+            f"{name}: axis_name={axis_name!r} is a list of names; several mesh axes are given "
+            f"as a tuple, axis_name={tuple(axis_name)!r} (a list would be read as a pytree "
+            "prefix of a list of params, one entry per tensor)."
+        )
 
 
 def _axis_size(axis_name: str, path: str) -> int:

@@ -72,6 +72,9 @@ def scale_by_fromage(
             use_ratio = (s.param_norm > 0) & (s.update_norm > 0)
             ratio = _step.safe_ratio(s.param_norm, s.update_norm * multiplier, use_ratio)
             ratio = jnp.where(use_ratio, ratio, scale)
+            # A norm past the dtype's range would round the ratio to 0 or inf: NaN instead.
+            overflow = jnp.isinf(s.param_norm) | jnp.isinf(s.update_norm)
+            ratio = jnp.where(overflow, jnp.nan, ratio)
             dtype = jnp.promote_types(ratio.dtype, g.dtype)
             scaled = g.astype(dtype) * multiplier.astype(dtype)
             new_leaves.append((scaled * ratio.astype(dtype)).astype(g.dtype))

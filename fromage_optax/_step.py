@@ -30,19 +30,25 @@ from fromage_optax._norms import power_of_two_scale
 
 
 class NormControl(NamedTuple):
-    """a = 1/√(1+η²) and a − 1, the latter without cancellation for small η."""
+    """The factors of step 2 for η: 1/√(1+η²), 1/√(1+η²) − 1 and η/√(1+η²).
+
+    All three are at most 1 in magnitude and are formed without forming η², so
+    they are finite and exact to a few ulps for every finite η.
+    """
 
     shrink: Any
     shrink_minus_one: Any
+    sine: Any
 
 
 def norm_control(learning_rate: Any, dtype) -> NormControl:
     """Factors of step 2, W' ← W'/√(1+η²), in `dtype`."""
     eta = jnp.asarray(learning_rate, dtype)
-    root = jnp.sqrt(1 + eta * eta)
+    root = jnp.hypot(jnp.ones_like(eta), eta)  # √(1+η²) without overflow for any finite η
+    sine = eta / root
     # 1/√(1+η²) − 1 = −η² / (√(1+η²)·(1 + √(1+η²))): exact to a few ulps even
     # for η = 1e-6, where the naive difference keeps no significant digits.
-    return NormControl(1 / root, -(eta * eta) / (root * (1 + root)))
+    return NormControl(1 / root, -sine * (eta / (1 + root)), sine)
 
 
 def hyperparameters_valid(learning_rate: Any, p_bound: Any = None) -> Any:
@@ -90,35 +96,39 @@ def step_coefficients(param_norm, update_norm, cosine, initial_norm, learning_ra
     """
     param_norm = param_norm.astype(dtype)
     update_norm = update_norm.astype(dtype)
-    eta = jnp.asarray(learning_rate, dtype)
-    shrink, shrink_minus_one = norm_control(learning_rate, dtype)
+    shrink, shrink_minus_one, sine = norm_control(learning_rate, dtype)
     update_scale, update_multiplier = power_of_two_scale(update_norm)
 
     use_ratio = (param_norm > 0) & (update_norm > 0)
-    # ‖g‖·2**-e is in [1, 8), so η‖W‖/(‖g‖·2**-e) under/overflows only where η‖W‖ itself
-    # does. Rounded as (η‖W‖)/‖g‖ always was: the scaling by 2**e is exact, so in the
-    # normal range every step is bitwise the one before this split.
-    scaled_ratio = safe_ratio(eta * param_norm, update_norm * update_multiplier, use_ratio)
-    step_size = jnp.where(use_ratio, scaled_ratio, eta * update_scale)
-    update_coefficient = -shrink * step_size
+    # ‖g‖·2**-e is in [1, 8), so ‖W‖/(‖g‖·2**-e) ≤ ‖W‖, and |η|/√(1+η²) ≤ 1: no factor
+    # overflows for any finite η wherever the step itself is representable.
+    scaled_ratio = safe_ratio(param_norm, update_norm * update_multiplier, use_ratio)
+    update_coefficient = -sine * jnp.where(use_ratio, scaled_ratio, update_scale)
     param_coefficient = shrink_minus_one
 
     if p_bound is not None:
         # ‖W'‖ without another pass over W': in the rescaled case
-        # ‖W − η(‖W‖/‖g‖)g‖² = ‖W‖²((1 − ηc)² + η²(1 − c²)), c = cos(W, g).
+        # ‖W − η(‖W‖/‖g‖)g‖²/(1+η²) = ‖W‖²((s₀ − s·c)² + s²(1 − c²)), c = cos(W, g),
+        # s₀ = 1/√(1+η²), s = η/√(1+η²): bounded by 2‖W‖², so it cannot overflow.
         cosine = jnp.where(use_ratio, cosine.astype(dtype), 0)
-        squared_ratio = jnp.square(1 - eta * cosine) + eta * eta * (1 - cosine) * (1 + cosine)
+        squared_ratio = jnp.square(shrink - sine * cosine) + sine * sine * (1 - cosine) * (
+            1 + cosine
+        )
         # 0 only for η = 1 and g along W (W' = 0): keep the derivative finite there.
         positive = squared_ratio > 0
         rescaled_norm = param_norm * jnp.where(
             positive, jnp.sqrt(jnp.where(positive, squared_ratio, 1)), 0
         )
-        plain_norm = jnp.where(param_norm > 0, param_norm, jnp.abs(eta) * update_norm)
-        new_norm = shrink * jnp.where(use_ratio, rescaled_norm, plain_norm)
+        plain_norm = jnp.where(param_norm > 0, shrink * param_norm, jnp.abs(sine) * update_norm)
+        new_norm = jnp.where(use_ratio, rescaled_norm, plain_norm)
         exceeds, factor = bounded_norm_factor(new_norm, initial_norm.astype(dtype), p_bound)
         param_coefficient = jnp.where(exceeds, factor * shrink - 1, shrink_minus_one)
         update_coefficient = factor * update_coefficient
-    return param_coefficient, update_coefficient, update_multiplier
+    # A norm past the dtype's largest finite value (of finite elements, or of an inf):
+    # the ratio would round to 0 or inf and silently drop g or W, so the step is NaN
+    # instead, which optax.apply_if_finite skips.
+    overflow = jnp.isinf(param_norm) | jnp.isinf(update_norm)
+    return nan_where_invalid(~overflow, param_coefficient, update_coefficient, update_multiplier)
 
 
 def could_pass_bound(param_norm, update_norm, initial_norm, learning_rate, p_bound, dtype):
@@ -131,11 +141,10 @@ def could_pass_bound(param_norm, update_norm, initial_norm, learning_rate, p_bou
     param_norm = param_norm.astype(dtype)
     update_norm = update_norm.astype(dtype)
     initial_norm = initial_norm.astype(dtype)
-    eta = jnp.abs(jnp.asarray(learning_rate, dtype))
-    shrink, _ = norm_control(learning_rate, dtype)
+    shrink, _, sine = norm_control(learning_rate, dtype)
     # The margin covers the rounding of `step_coefficients`' ‖W'‖ (a few ulps).
     margin = 1 + 64 * jnp.finfo(dtype).eps
-    largest_new_norm = shrink * param_norm * (1 + eta) * margin
+    largest_new_norm = (shrink + jnp.abs(sine)) * margin * param_norm
     bound = jnp.asarray(p_bound, dtype) * initial_norm
     use_ratio = (param_norm > 0) & (update_norm > 0)
     return use_ratio & (initial_norm > 0) & ~(largest_new_norm <= bound)

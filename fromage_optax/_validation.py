@@ -39,8 +39,8 @@ def is_python_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# The largest η accepted: η² (in √(1 + η²)) stays finite in float32, with a factor 4 to spare.
-MAX_LEARNING_RATE = float(np.sqrt(np.finfo(np.float32).max)) / 2
+# The largest η accepted: finite in float32 (the step never forms η², so any such η is safe).
+MAX_LEARNING_RATE = float(np.finfo(np.float32).max)
 
 
 def _check_traced_scalar(value: Any, argument: str, name: str) -> bool:
@@ -66,7 +66,11 @@ def _check_not_an_array(value: Any, argument: str, name: str) -> None:
 
 
 def check_learning_rate(learning_rate: Any, name: str) -> None:
-    """Rejects a constant learning rate that is not a finite positive number.
+    """Rejects a constant learning rate that is not a finite number ≥ 0.
+
+    η = 0 is valid (a schedule's warm-up from 0, `optax.inject_hyperparams`
+    rebuilding the transform with its current value): it leaves W unchanged,
+    apart from p_bound's cap.
 
     A traced value (``optax.inject_hyperparams`` under jit) is checked for shape
     only; at run time an invalid one makes the step NaN (see `_step`).
@@ -89,17 +93,17 @@ def check_learning_rate(learning_rate: Any, name: str) -> None:
             f"{type(learning_rate).__name__}."
         )
     value = float(learning_rate)
-    if not math.isfinite(value) or value <= 0.0:
+    if not math.isfinite(value) or value < 0.0:
         raise ValueError(
-            f"{name}: learning_rate must be finite and > 0, got {value!r}. Fromage's "
+            f"{name}: learning_rate must be finite and ≥ 0, got {value!r}. Fromage's "
             "learning rate is the relative size of each step (0.01 moves every tensor by "
             "about 1%); use a value such as 0.01, or a schedule for warm-up or decay."
         )
     if value > MAX_LEARNING_RATE:
         raise ValueError(
-            f"{name}: learning_rate {value!r} is too large: the step divides by √(1 + η²), "
-            f"which must stay finite in float32, so η may be at most {MAX_LEARNING_RATE:.3g}. "
-            "Fromage's learning rate is a relative step size; useful values are below 1."
+            f"{name}: learning_rate {value!r} is too large: it must be finite in float32 "
+            f"(at most {MAX_LEARNING_RATE:.4g}). Fromage's learning rate is a relative step "
+            "size; useful values are below 1."
         )
 
 
@@ -126,11 +130,24 @@ def leaf_paths(tree: Any) -> list[str]:
     return [jax.tree_util.keystr(path) or "<root>" for path, _ in with_path]
 
 
+def leaf_dtype(leaf: Any, tree: Any, index: int, what: str, name: str):
+    """The dtype of a leaf, or a TypeError naming its path when it is no array (a string, ...)."""
+    try:
+        return jnp.result_type(leaf)
+    except (TypeError, ValueError):
+        path = leaf_paths(tree)[index]
+        raise TypeError(
+            f"{name}: the {what} at {path} is a {type(leaf).__name__} ({leaf!r:.40}), not an "
+            "array or a number. Keep only arrays in the params tree (store other values "
+            "elsewhere, or leave them out with optax.masked)."
+        ) from None
+
+
 def check_float_leaves(params: Any, name: str) -> None:
-    """Rejects integer, bool or complex parameter leaves, naming the first one."""
+    """Rejects integer, bool, complex or non-array parameter leaves, naming the first one."""
     leaves = jax.tree.leaves(params)
     for index, leaf in enumerate(leaves):
-        dtype = jnp.result_type(leaf)
+        dtype = leaf_dtype(leaf, params, index, "parameter", name)
         if not jnp.issubdtype(dtype, jnp.floating):
             path = leaf_paths(params)[index]
             raise TypeError(
@@ -143,7 +160,7 @@ def check_float_leaves(params: Any, name: str) -> None:
 def check_real_updates(update_leaves: list, params: Any, name: str) -> None:
     """Rejects complex update leaves, naming the first one (their norms would be wrong)."""
     for index, leaf in enumerate(update_leaves):
-        dtype = jnp.result_type(leaf)
+        dtype = leaf_dtype(leaf, params, index, "update", name)
         if jnp.issubdtype(dtype, jnp.complexfloating):
             path = leaf_paths(params)[index]
             raise TypeError(

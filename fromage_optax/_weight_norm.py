@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fromage_optax import _leaf_options, _step, _validation
@@ -42,7 +43,7 @@ def control_weight_norm(learning_rate: optax.ScalarOrSchedule) -> optax.Gradient
     n)`` chained after it skips such steps).
 
     Args:
-      learning_rate: η, a positive float or an optax schedule.
+      learning_rate: η, a float ≥ 0 (0 leaves W unchanged) or an optax schedule.
 
     Returns:
       An ``optax.GradientTransformation``; its ``update`` needs params.
@@ -66,17 +67,22 @@ def control_weight_norm(learning_rate: optax.ScalarOrSchedule) -> optax.Gradient
         return ControlWeightNormState(count=jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError(_validation.NO_PARAMS_MSG.format(name=name))
-        _validation.check_same_structure(updates, params, name)
+        if not isinstance(getattr(state, "count", None), (jax.Array, np.ndarray)):
+            raise TypeError(
+                f"{name}: the state must be the ControlWeightNormState that init returned, got "
+                f"{type(state).__name__}. Pass t.init(params) (or the state that the previous "
+                "update returned)."
+            )
+        _validation.checked_leaves(updates, params, name)
         eta = learning_rate_at(learning_rate, state.count, name)
         valid = _step.hyperparameters_valid(eta)
 
         def leaf_update(u, w):
             u, w = jnp.asarray(u), jnp.asarray(w)
             dtype = _working_dtype(w, u)
+            control = _step.norm_control(eta, dtype)
             shrink, shrink_minus_one = _step.nan_where_invalid(
-                valid, *_step.norm_control(eta, dtype)
+                valid, control.shrink, control.shrink_minus_one
             )
             new_u = shrink * u.astype(dtype) + shrink_minus_one * w.astype(dtype)
             return new_u.astype(u.dtype)
@@ -137,10 +143,39 @@ def bound_weight_norm(
         _validation.check_float_leaves(params, name)
         return BoundWeightNormState(initial_norms=norms_of(params, params))
 
+    def _check_initial_norms(state, params, param_leaves):
+        """Refuses a state made for other params: its norms must have the params' structure
+        and, per tensor, the shape of its norms (size 1 on the reduced axes)."""
+        norms = getattr(state, "initial_norms", None)
+        fix = "Build the state with init on these params (and the same layer_axes)."
+        if norms is None:
+            raise TypeError(
+                f"{name}: the state must be the BoundWeightNormState that init returned, got "
+                f"{type(state).__name__}. {fix}"
+            )
+        if jax.tree.structure(norms) != jax.tree.structure(params):
+            raise ValueError(
+                f"{name}: the state's initial_norms are a tree of another structure than the "
+                f"params ({jax.tree.structure(norms)} against {jax.tree.structure(params)}). "
+                f"{fix}"
+            )
+        leaf_layer_axes = _leaf_options.per_leaf_layer_axes(layer_axes, params)
+        paths = None
+        for index, (w, norm, axes) in enumerate(
+            zip(param_leaves, jax.tree.leaves(norms), leaf_layer_axes)
+        ):
+            expected = tuple(d if a in axes else 1 for a, d in enumerate(np.shape(w)))
+            if np.shape(norm) != expected:
+                paths = paths or _validation.leaf_paths(params)
+                raise ValueError(
+                    f"{name}: at {paths[index]} the state's initial norm has shape "
+                    f"{np.shape(norm)}, but a parameter of shape {np.shape(w)} needs "
+                    f"{expected}. {fix}"
+                )
+
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError(_validation.NO_PARAMS_MSG.format(name=name))
-        _validation.check_same_structure(updates, params, name)
+        param_leaves, _, _ = _validation.checked_leaves(updates, params, name)
+        _check_initial_norms(state, params, param_leaves)
         updates, params = jax.tree.map(jnp.asarray, (updates, params))
         new_params = jax.tree.map(
             lambda u, w: w.astype(_working_dtype(w, u)) + u.astype(_working_dtype(w, u)),

@@ -80,9 +80,12 @@ def test_a_fitting_state_survives_jit_and_tree_maps():
     state = jax.tree.map(lambda x: x, state)
     updates, state = jax.jit(optimizer.update)(params, state, params)
     np.testing.assert_allclose(np.asarray(state.initial_norms), [np.sqrt(300), np.sqrt(0.02)])
-    # The layout never changes how trees match (e.g. shard_map out_specs, checkpoint targets).
+    # States of the same params match (shard_map out_specs, checkpoint targets, eval_shape);
+    # the layout is compared by value, so a state of other params is another tree (and a
+    # jitted update traces it again, which refuses it).
+    assert jax.tree.structure(jax.eval_shape(optimizer.init, params)) == jax.tree.structure(state)
     other = optimizer.init({"a": jnp.ones(2), "b": jnp.ones(3)})
-    assert jax.tree.structure(other) == jax.tree.structure(state)
+    assert jax.tree.structure(other) != jax.tree.structure(state)
 
 
 # 3. The diagnostics never hide NaN.
@@ -330,11 +333,86 @@ def test_grad_is_finite_where_the_step_lands_exactly_on_zero():
     assert np.isfinite(np.asarray(jax.grad(total)(params)["w"])).all()
 
 
-@pytest.mark.parametrize("factory", [fromage_optax.fromage, fromage_optax.control_weight_norm])
-def test_learning_rates_whose_square_overflows_are_refused(factory):
-    with pytest.raises(ValueError, match="too large.*at most"):
-        factory(2e19)
-    factory(1e18)  # large but representable: accepted
+@pytest.mark.parametrize("p_bound", [None, 2.0])
+@pytest.mark.parametrize(("eta", "w_scale"), [(1e9, 1e30), (1e30, 1.0), (3e38, 1e-30)])
+def test_any_finite_learning_rate_gives_the_exact_step(eta, w_scale, p_bound):
+    # The step never forms η² or η‖W‖: η/√(1+η²) ≤ 1 comes first.
+    rng = np.random.default_rng(5)
+    w = (w_scale * rng.normal(size=50)).astype(np.float32)
+    g = rng.normal(size=50).astype(np.float32)
+    new = _step(fromage_optax.fromage(eta, p_bound), {"w": g}, {"w": w}, jit=True)
+    expected = reference_step(w, g, eta, p_bound, w)
+    assert relative_error(new["w"], expected) <= F32_TOLERANCE
+
+
+@pytest.mark.parametrize("transform", ["fromage", "fromage_p_bound", "scale_by_fromage"])
+@pytest.mark.parametrize("overflowing", ["grads", "params"])
+def test_a_norm_past_float32s_maximum_gives_a_nan_step_not_a_silent_one(transform, overflowing):
+    # Finite elements whose norm exceeds 3.4e38: the ratio would round to 0 or inf and drop
+    # g or W without a trace; a NaN step is what optax.apply_if_finite skips.
+    small, huge = jnp.ones((4, 4)), jnp.full((4, 4), 3e38)
+    params, grads = (small, huge) if overflowing == "grads" else (huge, small)
+    make = {
+        "fromage": lambda: fromage_optax.fromage(0.01),
+        "fromage_p_bound": lambda: fromage_optax.fromage(0.01, p_bound=2.0),
+        "scale_by_fromage": fromage_optax.scale_by_fromage,
+    }[transform]
+    opt = make()
+    updates, _ = jax.jit(opt.update)({"w": grads}, opt.init({"w": params}), {"w": params})
+    assert np.isnan(np.asarray(updates["w"])).all()
+    # The gradient is finite, so apply_if_finite goes after the step, where it sees the NaN.
+    guarded = optax.chain(make(), optax.apply_if_finite(optax.identity(), 1))
+    updates, _ = guarded.update({"w": grads}, guarded.init({"w": params}), {"w": params})
+    assert np.all(np.asarray(updates["w"]) == 0)
+
+
+def test_relative_update_norms_are_exact_when_both_norms_overflow():
+    huge = {"w": jnp.full((4, 4), 3e38), "v": jnp.ones(3)}
+    update = {"w": jnp.full((4, 4), 1e38), "v": jnp.full(3, 2.0)}
+    for fn in (fromage_optax.relative_update_norms, jax.jit(fromage_optax.relative_update_norms)):
+        ratios = fn(update, huge)
+        np.testing.assert_allclose(ratios["w"], 1 / 3, rtol=1e-6)
+        np.testing.assert_allclose(ratios["v"], 2.0, rtol=1e-6)
+    np.testing.assert_allclose(fromage_optax.deep_relative_trust(huge, huge), 3.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_jitted_update_refuses_a_state_of_another_layout_after_its_first_trace(jit):
+    # Same tensor count and vector length: only the layout tells the states apart, so it
+    # must be part of the jit cache's key, not equal to every other layout.
+    first = {"a": jnp.full(10, 1.0), "b": jnp.full(20, 1.0)}
+    second = {"a": jnp.full(20, 1.0), "b": jnp.full(10, 1.0)}
+    optimizer = fromage_optax.fromage(0.1, p_bound=2.0)
+    update = jax.jit(optimizer.update) if jit else optimizer.update
+    update(second, optimizer.init(second), second)  # traced once with a fitting state
+    with pytest.raises(ValueError, match=r"initial_norms .* do not match.*\['a'\].*10.*20"):
+        update(second, optimizer.init(first), second)
+
+
+def test_control_weight_norm_checks_its_state_and_leaves():
+    control = fromage_optax.control_weight_norm(0.1)
+    params = {"a": jnp.ones(3)}
+    with pytest.raises(TypeError, match="ControlWeightNormState"):
+        control.update(params, None, params)
+    ints = {"a": jnp.ones(3, jnp.int32)}
+    with pytest.raises(TypeError, match=r"\['a'\] has dtype int32"):
+        control.update(ints, control.init(ints), ints)
+
+
+def test_bound_weight_norm_refuses_a_state_made_for_other_params():
+    bound = fromage_optax.bound_weight_norm(2.0)
+    state = bound.init({"a": jnp.ones((2, 3))})
+    flat = {"a": jnp.ones(6)}
+    with pytest.raises(ValueError, match=r"\['a'\].*shape \(1, 1\).*\(6,\) needs \(1,\)"):
+        bound.update(flat, state, flat)
+    other = {"b": jnp.ones((2, 3))}
+    with pytest.raises(ValueError, match="another structure"):
+        bound.update(other, state, other)
+    with pytest.raises(TypeError, match="BoundWeightNormState"):
+        bound.update(flat, None, flat)
+    with pytest.raises(TypeError, match="complex64"):
+        params = {"a": jnp.ones((2, 3))}
+        bound.update({"a": jnp.ones((2, 3), jnp.complex64)}, state, params)
 
 
 # Found while trying to break the API (see the closing note of #12).

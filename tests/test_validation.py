@@ -1,5 +1,6 @@
 """Bad input fails early, with a message that names the problem and the fix."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -37,11 +38,62 @@ def test_mismatched_shapes_name_the_path():
         opt.update({"w": jnp.ones((2, 3))}, opt.init(params), params)
 
 
-@pytest.mark.parametrize("bad", [0.0, -0.1, float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), -float("inf"), 1e39])
 @pytest.mark.parametrize("factory", [fromage_optax.fromage, fromage_optax.control_weight_norm])
 def test_bad_constant_learning_rate(factory, bad):
-    with pytest.raises(ValueError, match="learning_rate must be finite and > 0"):
+    with pytest.raises(ValueError, match="learning_rate"):
         factory(bad)
+
+
+@pytest.mark.parametrize("p_bound", [None, 0.5, 2.0])
+def test_a_learning_rate_of_zero_leaves_the_params_unchanged_except_for_the_bound(p_bound):
+    # η = 0 is a valid rate: a warm-up schedule starts there, and optax.inject_hyperparams
+    # rebuilds the transform with the schedule's current value. Only the bound acts then:
+    # with p < 1 a tensor above p·‖W₀‖ is scaled back to it.
+    params = {"w": jnp.array([3.0, 4.0]), "b": jnp.zeros(2)}
+    grads = {"w": jnp.array([1.0, -2.0]), "b": jnp.ones(2)}
+    opt = fromage_optax.fromage(0.0, p_bound)
+    new = optax.apply_updates(params, opt.update(grads, opt.init(params), params)[0])
+    scale = min(1.0, p_bound or 1.0)
+    np.testing.assert_allclose(new["w"], scale * params["w"], rtol=1e-6)
+    np.testing.assert_array_equal(new["b"], params["b"])
+    control = fromage_optax.control_weight_norm(0.0)  # (W + u)/√(1 + 0) − W = u
+    u, _ = control.update(grads, control.init(params), params)
+    jax.tree.map(np.testing.assert_array_equal, u, grads)
+
+
+@pytest.mark.parametrize("make", [fromage_optax.fromage, fromage_optax.control_weight_norm])
+def test_inject_hyperparams_with_a_schedule_through_zero(make):
+    params = {"w": jnp.array([3.0, 4.0])}
+    grads = {"w": jnp.array([1.0, -2.0])}
+    schedule = optax.linear_schedule(0.0, 0.01, 100)
+    for jit in (False, True):
+        opt = optax.inject_hyperparams(make)(learning_rate=schedule)
+        update = jax.jit(opt.update) if jit else opt.update
+        # η = schedule(0) = 0: fromage leaves W alone, control_weight_norm passes u on.
+        unchanged = grads if make is fromage_optax.control_weight_norm else {"w": jnp.zeros(2)}
+        updates, state = update(grads, opt.init(params), params)
+        np.testing.assert_array_equal(updates["w"], unchanged["w"])
+        assert float(state.hyperparams["learning_rate"]) == 0.0
+        updates, state = update(grads, state, params)
+        assert float(state.hyperparams["learning_rate"]) > 0.0
+        if make is fromage_optax.fromage:
+            assert np.all(np.asarray(updates["w"]) != 0)
+
+
+def test_a_non_array_leaf_names_its_path():
+    params = {"w": jnp.ones(3), "name": "dense"}
+    for opt in (fromage_optax.fromage(0.1), fromage_optax.fromage(0.1, p_bound=2.0)):
+        with pytest.raises(TypeError, match=r"\['name'\] is a str"):
+            opt.init(params)
+    opt = fromage_optax.fromage(0.1)
+    with pytest.raises(TypeError, match=r"\['name'\] is a str"):
+        opt.update(params, opt.init({"w": jnp.ones(3)}), params)
+
+
+def test_a_list_of_axis_names_is_refused_at_construction():
+    with pytest.raises(TypeError, match=r"axis_name=\('data',\)"):
+        fromage_optax.fromage(0.1, axis_name=["data"])
 
 
 def test_learning_rate_of_wrong_type():

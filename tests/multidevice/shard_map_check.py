@@ -85,7 +85,9 @@ def shard_map_step(
     only if the norms were summed over the right mesh axes.
     """
     optimiser = make_optimiser(layer_axes, axis_name)
-    state_specs = jax.tree_util.tree_map_with_path(
+    # One P() covers the whole replicated state (a prefix of it), however its p_bound
+    # layout was counted (the control without axis_name counts local elements).
+    state_specs = P() if not sharded_layers else jax.tree_util.tree_map_with_path(
         lambda path, _: (
             P("data") if any(name in jax.tree_util.keystr(path) for name in sharded_layers) else P()
         ),
