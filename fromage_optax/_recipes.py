@@ -32,6 +32,14 @@ def _key_name(key: Any) -> str | None:
     return None
 
 
+def _is_flax_variable(x: Any) -> bool:
+    """Whether `x` is a Flax NNX ``Variable`` (``nnx.Param``, ...), without importing flax."""
+    return any(
+        cls.__name__ == "Variable" and cls.__module__.startswith("flax.")
+        for cls in type(x).__mro__
+    )
+
+
 def _names(value: Any, argument: str) -> frozenset[str] | None:
     if value is None:
         return None
@@ -113,8 +121,20 @@ def kernel_mask(
         ndim = len(leaf.shape) if hasattr(leaf, "shape") else np.ndim(leaf)
         return ndim >= min_ndim and not excluded.intersection(keys)
 
+    def select(path, leaf):
+        # An nnx.State holds its arrays in Variables (nnx.Param(value=...)): the leaf's
+        # name is the Variable's key, not "value"; the mask keeps the Variable around it.
+        if _is_flax_variable(leaf):
+            return jax.tree.map(lambda x: is_selected(path, x), leaf)
+        return is_selected(path, leaf)
+
     def mask_fn(params: Any) -> Any:
-        paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        paths = [
+            path
+            for path, _ in jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_flax_variable)[
+                0
+            ]
+        ]
         if (
             leaf_names is not None
             and paths
@@ -125,7 +145,7 @@ def kernel_mask(
                 "name (a dict key or an attribute); the tree is a bare array or a list of "
                 "arrays? Pass names=None to select by shape alone."
             )
-        return jax.tree_util.tree_map_with_path(is_selected, params)
+        return jax.tree_util.tree_map_with_path(select, params, is_leaf=_is_flax_variable)
 
     return mask_fn
 

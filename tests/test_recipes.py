@@ -307,3 +307,37 @@ def test_jitted_training_loop_and_state():
     assert isinstance(fromage_state, fromage_optax.FromageState)
     assert int(fromage_state.count) == int(adamw_state[0].count) == 10
     assert all(bool(jnp.all(jnp.isfinite(w))) for w in jax.tree.leaves(params))
+
+
+def test_kernel_mask_and_the_recipe_on_an_nnx_state():
+    """An nnx.State keeps each array in a Variable (its path ends in `.value`): the mask
+    names the Variable's key, keeps the Variable around each bool, and the recipe trains an
+    NNX model through nnx.Optimizer: Fromage steps on the kernels, AdamW on the biases."""
+    from flax import nnx
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.hidden = nnx.Linear(6, 8, rngs=rngs)
+            self.out = nnx.Linear(8, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(jax.nn.relu(self.hidden(x)))
+
+    model = MLP(nnx.Rngs(0))
+    state = nnx.state(model, nnx.Param)
+    mask = fromage_optax.kernel_mask()(state)
+    assert jax.tree.structure(mask) == jax.tree.structure(state)
+    assert mask["hidden"]["kernel"].get_value() and not mask["hidden"]["bias"].get_value()
+
+    before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+    optimizer = nnx.Optimizer(model, fromage_optax.fromage_with_adamw(0.1, 1e-3), wrt=nnx.Param)
+    x = jnp.linspace(-1.0, 1.0, 18).reshape(3, 6)
+    grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model)
+    optimizer.update(model, grads)
+    after = nnx.state(model, nnx.Param)
+    for layer in ("hidden", "out"):
+        kernel = reference_step(before[layer]["kernel"][...], grads[layer]["kernel"][...], 0.1)
+        assert relative_error(after[layer]["kernel"][...], kernel) <= 1e-6
+        g = np.asarray(grads[layer]["bias"][...], np.float64)
+        bias = before[layer]["bias"][...] - 1e-3 * g / (np.abs(g) + 1e-8)
+        np.testing.assert_allclose(after[layer]["bias"][...], bias, rtol=1e-5, atol=1e-7)
