@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import optax
 
 
 def _key_name(key: Any) -> Any:
@@ -22,6 +23,19 @@ def _key_name(key: Any) -> Any:
         if hasattr(key, field):
             return getattr(key, field)
     return key
+
+
+def _masked_out_under(params: Any, names: set) -> bool:
+    """Whether a subtree named in `names` is there but holds only `optax.MaskedNode`s: an
+    `optax.masked` (or `multi_transform`) partition that has none of the scanned leaves."""
+    masked_paths = [
+        path
+        for path, leaf in jax.tree_util.tree_flatten_with_path(
+            params, is_leaf=lambda x: isinstance(x, optax.MaskedNode)
+        )[0]
+        if isinstance(leaf, optax.MaskedNode)
+    ]
+    return any(_key_name(key) in names for path in masked_paths for key in path)
 
 
 def scanned_layer_axes(
@@ -52,7 +66,9 @@ def scanned_layer_axes(
 
     Raises:
       ValueError: if no leaf lies under `module_name` (a misspelt name would
-        otherwise silently give whole-stack norms).
+        otherwise silently give whole-stack norms), unless the leaves there are
+        all masked out (``optax.MaskedNode``: a partition of ``optax.masked`` or
+        ``optax.multi_transform`` that holds none of the scanned leaves).
 
     Example:
       >>> import jax.numpy as jnp
@@ -72,7 +88,7 @@ def scanned_layer_axes(
         return None
 
     layer_axes = jax.tree_util.tree_map_with_path(leaf_axes, params)
-    if not found and jax.tree.leaves(params):
+    if not found and jax.tree.leaves(params) and not _masked_out_under(params, names):
         top_keys = [
             jax.tree_util.keystr(path)
             for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]

@@ -363,3 +363,27 @@ def test_helper_as_callable_under_optax_masked():
     np.testing.assert_array_equal(
         stacked["head"]["kernel"], params["head"]["kernel"] + grads["head"]["kernel"]
     )
+
+
+def test_helper_as_callable_in_a_partition_without_the_scanned_stack():
+    """optax.multi_transform hands each partition the params with the others' leaves masked
+    out: a partition holding none of the scanned leaves sees the stack's name over
+    MaskedNodes only, which is no misspelt name."""
+    params, grads = synthetic_params_and_grads(seed=5)
+    layer_axes = functools.partial(scanned_layer_axes, module_name="layers")
+    labels = {"layers": jax.tree.map(lambda _: "stack", params["layers"]), "head": "head"}
+    labels["head"] = jax.tree.map(lambda _: "head", params["head"])
+    optimiser = optax.multi_transform(
+        {
+            "stack": fromage_optax.fromage(LEARNING_RATE, layer_axes=layer_axes),
+            "head": fromage_optax.fromage(LEARNING_RATE, layer_axes=layer_axes),
+        },
+        labels,
+    )
+    stepped = jax.jit(functools.partial(one_step, optimiser))(params, grads)
+    separate = one_step(fromage_optax.fromage(LEARNING_RATE), unstack(params), unstack(grads))
+    assert max_abs_difference(stepped["head"], separate["head"]) <= tolerance(separate)
+    with pytest.raises(ValueError, match="no parameter lies under a key named"):
+        fromage_optax.fromage(LEARNING_RATE, p_bound=1.0, layer_axes=layer_axes).init(
+            params["head"]
+        )
