@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import lax
 
 from fromage_optax import _leaf_options, _validation
 from fromage_optax._norms import paired_norm_stats
@@ -84,6 +85,38 @@ def _leaf_ratio(param_norm, update_norm):
     return jnp.where(jnp.isnan(param_norm) | jnp.isnan(update_norm), jnp.nan, ratio)
 
 
+def _exact_ratios(params, updates, layer_axes, axis_names) -> list:
+    """`_leaf_ratio` of every leaf pair, also where a norm of finite elements overflows.
+
+    Such a norm is inf and the ratio inf/inf = NaN or a rounded 0 or inf: on the
+    steps where one does, the ratios are taken again from W and ΔW both scaled by
+    2**-(emax/2), which leaves their ratio alone and puts every finite tensor's
+    norm in range (a dropped element is then below 2**-(emax/2) of the other
+    tensor's norm: the ratio rounds as before).
+    """
+
+    def ratios_of(params, updates):
+        stats = paired_norm_stats(params, updates, layer_axes, axis_names, with_cosine=False)
+        ratios = [_leaf_ratio(s.param_norm, s.update_norm) for s in stats]
+        return ratios, [jnp.isinf(s.param_norm) | jnp.isinf(s.update_norm) for s in stats]
+
+    def scaled(tree):
+        return [x * jnp.asarray(2.0 ** -(jnp.finfo(x.dtype).maxexp // 2), x.dtype) for x in tree]
+
+    ratios, overflow = ratios_of(params, updates)
+    if not ratios:
+        return ratios
+
+    def rescaled(ratios):
+        again, _ = ratios_of(scaled(params), scaled(updates))
+        return [jnp.where(o, r2, r) for o, r2, r in zip(overflow, again, ratios)]
+
+    any_overflow = jnp.any(jnp.stack([jnp.any(o) for o in overflow]))
+    if isinstance(any_overflow, jax.core.Tracer):
+        return lax.cond(any_overflow, rescaled, lambda ratios: ratios, ratios)
+    return rescaled(ratios) if any_overflow else ratios
+
+
 def _leaf_ratios(updates, params, layer_axes, axis_name, name, selected=None):
     """‖ΔW‖/‖W‖ per leaf (squeezed to the layer axes' shape), and the treedef.
 
@@ -98,26 +131,21 @@ def _leaf_ratios(updates, params, layer_axes, axis_name, name, selected=None):
     names_per_leaf = _leaf_options.per_leaf_axis_names(axis_name, params)
     measured = [jnp.issubdtype(jnp.result_type(w), jnp.floating) for w in param_leaves]
     _validation.check_real_updates(update_leaves, params, name)
-    stats = iter(
-        paired_norm_stats(
-            *(
-                [x for x, keep in zip(values, measured) if keep]
-                for values in (
-                    [jnp.asarray(w) for w in param_leaves],
-                    [jnp.asarray(g) for g in update_leaves],
-                    axes_per_leaf,
-                    names_per_leaf,
-                )
-            ),
-            with_cosine=False,
+    kept = [
+        [x for x, keep in zip(values, measured) if keep]
+        for values in (
+            [jnp.asarray(w) for w in param_leaves],
+            [jnp.asarray(g) for g in update_leaves],
+            axes_per_leaf,
+            names_per_leaf,
         )
-    )
+    ]
+    stats = iter(_exact_ratios(*kept))
     ratios = []
     for param, axes, keep in zip(param_leaves, axes_per_leaf, measured, strict=True):
         layer_shape = tuple(np.shape(param)[a] for a in axes)
         if keep:
-            stat = next(stats)
-            ratio = _leaf_ratio(stat.param_norm, stat.update_norm)
+            ratio = next(stats)
             ratios.append(ratio.astype(RATIO_DTYPE).reshape(layer_shape))
         else:
             ratios.append(jnp.full(layer_shape, jnp.nan, RATIO_DTYPE))
