@@ -1,9 +1,15 @@
-"""A float64 NumPy reference of Fromage, written straight from the paper's update rule.
+"""A float64 reference of Fromage, written straight from the paper's update rule.
 
 For every tensor W with gradient g and learning rate η:
   1. W' = W − η·(‖W‖/‖g‖)·g   if ‖W‖ > 0 and ‖g‖ > 0, else W' = W − η·g
   2. W' ← W' / √(1 + η²)
   3. with p_bound = p: if ‖W'‖ > p·‖W₀‖, W' ← W'·p‖W₀‖/‖W'‖
+
+Every function takes the array module as ``xp``: NumPy (the default) for values,
+or ``jax.numpy`` under float64 (``jax_enable_x64``) for the derivatives and the
+batched forms the composability battery compares against. Each step is written
+once, for one tensor; the building blocks (steps 1, 2 and 3 on their own) are
+here too, since the library ships them as transforms of their own.
 """
 
 from __future__ import annotations
@@ -11,25 +17,52 @@ from __future__ import annotations
 import numpy as np
 
 
-def _norm(x: np.ndarray, axes: tuple[int, ...] | None) -> np.ndarray:
-    return np.sqrt(np.sum(np.square(x), axis=axes, keepdims=True))
+def _norm(x, axes, xp=np):
+    """‖x‖ over `axes` (keepdims), with derivative 0 (not NaN) where x is 0."""
+    sum_of_squares = xp.sum(xp.square(x), axis=axes, keepdims=True)
+    positive = sum_of_squares > 0
+    return xp.where(positive, xp.sqrt(xp.where(positive, sum_of_squares, 1.0)), 0.0)
 
 
-def reference_step(param, grad, learning_rate, p_bound=None, initial_param=None, layer_axes=()):
-    """One Fromage step for one tensor, in float64; per slice along `layer_axes`."""
-    w = np.asarray(param, np.float64)
-    g = np.asarray(grad, np.float64)
-    eta = float(learning_rate)
-    axes = tuple(a for a in range(w.ndim) if a not in layer_axes)
-    w_norm, g_norm = _norm(w, axes), _norm(g, axes)
+def _reduced_axes(x, layer_axes):
+    return tuple(a for a in range(x.ndim) if a not in layer_axes)
+
+
+def reference_scale(param, grad, layer_axes=(), xp=np):
+    """Step 1's direction: g·‖W‖/‖g‖, or g where either norm is 0."""
+    w, g = xp.asarray(param, xp.float64), xp.asarray(grad, xp.float64)
+    axes = _reduced_axes(w, layer_axes)
+    w_norm, g_norm = _norm(w, axes, xp), _norm(g, axes, xp)
     use_ratio = (w_norm > 0) & (g_norm > 0)
-    ratio = np.where(use_ratio, w_norm / np.where(use_ratio, g_norm, 1.0), 1.0)
-    new = (w - eta * ratio * g) / np.sqrt(1.0 + eta**2)
+    ratio = xp.where(use_ratio, w_norm / xp.where(use_ratio, g_norm, 1.0), 1.0)
+    return ratio * g
+
+
+def reference_control(new_param, learning_rate, xp=np):
+    """Step 2: W' / √(1 + η²)."""
+    return xp.asarray(new_param, xp.float64) / xp.sqrt(1.0 + xp.square(learning_rate))
+
+
+def reference_bound(new_param, initial_param, p_bound, layer_axes=(), xp=np):
+    """Step 3: W' scaled back to p·‖W₀‖ where its norm exceeds that."""
+    new = xp.asarray(new_param, xp.float64)
+    axes = _reduced_axes(new, layer_axes)
+    bound = p_bound * _norm(xp.asarray(initial_param, xp.float64), axes, xp)
+    new_norm = _norm(new, axes, xp)
+    exceeds = new_norm > bound
+    return xp.where(exceeds, new * bound / xp.where(exceeds, new_norm, 1.0), new)
+
+
+def reference_step(
+    param, grad, learning_rate, p_bound=None, initial_param=None, layer_axes=(), xp=np
+):
+    """One Fromage step for one tensor, in float64; per slice along `layer_axes`."""
+    w = xp.asarray(param, xp.float64)
+    new = reference_control(
+        w - learning_rate * reference_scale(w, grad, layer_axes, xp), learning_rate, xp
+    )
     if p_bound is not None:
-        bound = p_bound * _norm(np.asarray(initial_param, np.float64), axes)
-        new_norm = _norm(new, axes)
-        exceeds = new_norm > bound
-        new = np.where(exceeds, new * bound / np.where(exceeds, new_norm, 1.0), new)
+        new = reference_bound(new, initial_param, p_bound, layer_axes, xp)
     return new
 
 
@@ -45,6 +78,14 @@ def reference_tree_step(params, grads, learning_rate, p_bound=None, initial_para
         )
         for k in params
     }
+
+
+def reference_relative_update_norm(param, update, layer_axes=(), xp=np):
+    """‖ΔW‖/‖W‖ (per slice along `layer_axes`, squeezed to their shape)."""
+    w, u = xp.asarray(param, xp.float64), xp.asarray(update, xp.float64)
+    axes = _reduced_axes(w, layer_axes)
+    ratio = _norm(u, axes, xp) / _norm(w, axes, xp)
+    return xp.reshape(ratio, tuple(w.shape[a] for a in layer_axes))
 
 
 def relative_error(actual, expected) -> float:
