@@ -253,8 +253,11 @@ def rescaled_norms(group, xs, with_dot):
     """Norms (and cosine) of a group (inputs `xs`), each slice scaled by a power of two first."""
     scaled = []
     for x in map(_upcast, xs):
-        # initial=0: a tensor of size 0 has max-abs 0 (and norm 0).
-        max_abs = jnp.max(jnp.abs(x), axis=group.reduce_axes, keepdims=True, initial=0)
+        # initial=0: a tensor of size 0 has max-abs 0 (and norm 0). The scale is a power
+        # of two, piecewise constant in x: its derivative is 0 (and pmax has no rule).
+        max_abs = jnp.max(
+            jnp.abs(lax.stop_gradient(x)), axis=group.reduce_axes, keepdims=True, initial=0
+        )
         scale = _reciprocal_power_of_two(_pmax(max_abs, group.axis_names))
         y = x * scale
         sum_of_squares = _psum(

@@ -520,3 +520,136 @@ def test_the_battery_covers_every_public_transform_and_threshold():
     assert max(sizes) > _batching.GROUP_MAX_SIZE >= min(sizes)
     shapes = [np.shape(x) for x in jax.tree.leaves(params)]
     assert max(shapes.count(s) for s in shapes) > _batching.GROUP_MAX_MEMBERS
+
+
+# ---------------------------------------------------------------------------------------
+# shard_map with axis_name (8 simulated devices need a process of their own).
+
+
+def test_shard_map_column(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "multidevice" / "battery_shard_map.py"
+    results_path = tmp_path / "battery_shard_map.json"
+    completed = subprocess.run(
+        [sys.executable, str(script), str(results_path)],
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    import json
+
+    results = json.loads(results_path.read_text())
+    assert len(results) == 18  # 6 transforms x (values, vmap, jit(grad))
+    for cell, difference in results.items():
+        # Sums over shards are taken in another order: a few roundings of float32 sums of
+        # 512x512 squares.
+        assert difference <= tolerance(512 * 512, derivative="grad" in cell), cell
+
+
+# ---------------------------------------------------------------------------------------
+# The optax wrappers and Flax's train states, on the battery's mixed tree.
+
+
+def _steps(optimizer, params, grads_list, jit=True):
+    state = optimizer.init(params)
+    update = jax.jit(optimizer.update) if jit else optimizer.update
+    for grads in grads_list:
+        updates, state = update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params, state
+
+
+def _reference_tree(params, grads, lr, p_bound=None, initial=None, selected=None):
+    leaves = jax.tree.leaves(params)
+    initial_leaves = jax.tree.leaves(initial) if initial is not None else leaves
+    selected = selected or [True] * len(leaves)
+    new = [
+        reference_step(w, g, lr, p_bound, w0) if keep else np.asarray(w, np.float64)
+        for w, g, w0, keep in zip(leaves, jax.tree.leaves(grads), initial_leaves, selected)
+    ]
+    return jax.tree.unflatten(jax.tree.structure(params), new)
+
+
+def _assert_tree_close(actual, expected, derivative=False):
+    _check(jax.tree.leaves(actual), jax.tree.leaves(expected), 512 * 512, derivative)
+
+
+@pytest.mark.parametrize("p_bound", [None, P_BOUND])
+def test_optax_wrappers(p_bound):
+    params, grads, _ = problem("mixed")
+    half = jax.tree.map(lambda g: g * 0.5, grads)
+    fromage = functools.partial(fromage_optax.fromage, LEARNING_RATE, p_bound)
+    expected = _reference_tree(params, grads, LEARNING_RATE, p_bound)
+
+    # chain after a gradient transform: clip_by_global_norm at a norm it does not reach.
+    chained, _ = _steps(optax.chain(optax.clip_by_global_norm(1e9), fromage()), params, [grads])
+    _assert_tree_close(chained, expected)
+    # masked: Fromage on the kernels only, the rest passed through unchanged (as optax does).
+    mask = fromage_optax.kernel_mask()(params)
+    masked, _ = _steps(optax.masked(fromage(), mask), params, [grads])
+    selected = jax.tree.leaves(mask)
+    passed = jax.tree.map(lambda w, g: np.asarray(w, np.float64) + np.asarray(g), params, grads)
+    for keep, got, want, other in zip(
+        selected, *(jax.tree.leaves(t) for t in (masked, expected, passed))
+    ):
+        _check([got], [want if keep else other], 512 * 512, False)
+    # multi_transform: Fromage everywhere through two labels.
+    labels = jax.tree.map(lambda keep: "a" if keep else "b", mask)
+    split, _ = _steps(
+        optax.multi_transform({"a": fromage(), "b": fromage()}, labels), params, [grads]
+    )
+    _assert_tree_close(split, expected)
+    # MultiSteps: two micro-steps of g/2 and 3g/2 give one step with their mean, g.
+    three_halves = jax.tree.map(lambda g: g * 1.5, grads)
+    accumulated, _ = _steps(optax.MultiSteps(fromage(), 2), params, [half, three_halves])
+    _assert_tree_close(accumulated, expected)
+    # apply_if_finite: a NaN gradient is skipped, the next step taken.
+    bad = dict(grads, kernel=grads["kernel"].at[0, 0].set(jnp.nan))
+    guarded, state = _steps(optax.apply_if_finite(fromage(), 3), params, [bad, grads])
+    assert int(state.total_notfinite) == 1
+    _assert_tree_close(guarded, expected)
+
+
+def test_flax_train_state_on_a_linen_tree():
+    from flax.training import train_state
+
+    params, grads, _ = problem("linen")
+    state = train_state.TrainState.create(
+        apply_fn=None, params=params, tx=fromage_optax.fromage(LEARNING_RATE, P_BOUND)
+    )
+    state = jax.jit(lambda s, g: s.apply_gradients(grads=g))(state, grads)
+    expected = _reference_tree(params, grads, LEARNING_RATE, P_BOUND)
+    _assert_tree_close(state.params, expected)
+
+
+@pytest.mark.parametrize("make", ["fromage_p_bound", "fromage_with_adamw"])
+def test_nnx_optimizer(make):
+    from flax import nnx
+
+    model = _nnx_model(0)
+    before = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))  # the Variables are updated
+    tx = {
+        "fromage_p_bound": lambda: fromage_optax.fromage(LEARNING_RATE, P_BOUND),
+        "fromage_with_adamw": lambda: fromage_optax.fromage_with_adamw(
+            LEARNING_RATE, ADAM_LEARNING_RATE, eps=ADAM_EPS
+        ),
+    }[make]()
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    x = jnp.linspace(-1.0, 1.0, 3 * 256).reshape(3, 256)
+    grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model)
+
+    @nnx.jit
+    def step(model, optimizer, grads):
+        optimizer.update(model, grads)
+
+    step(model, optimizer, grads)
+    name = "fromage_p_bound" if make == "fromage_p_bound" else "fromage_with_adamw"
+    expected = reference_outputs(name, "nnx_state", before, grads, LEARNING_RATE, before)
+    actual = jax.tree.leaves(nnx.state(model, nnx.Param))
+    _check(actual, expected, 256 * 300, False)
