@@ -138,7 +138,8 @@ COLUMNS = {
 
 
 def report(config: Config, results, *, framework: str, stem: str) -> None:
-    """Prints the table and writes `stem`.json and `stem`_loss.png into ``config.out``."""
+    """Prints the table and writes `stem`.json, `stem`.md and `stem`_loss.png into
+    ``config.out``."""
     print(
         f"{framework} MLP {list(config.hidden_sizes)} on {config.dataset}, "
         f"{config.epochs} epochs, batch {config.batch_size}, init {config.init}, "
@@ -163,4 +164,25 @@ def report(config: Config, results, *, framework: str, stem: str) -> None:
         title=f"{framework} MLP on {config.dataset}",
         logy=True,
     )
-    print(f"wrote {json_path} and {png_path}")
+    md_path = out / f"{stem}.md"
+    md_path.write_text(markdown(reporting.read_json(json_path)))
+    print(f"wrote {json_path}, {md_path} and {png_path}")
+
+
+def markdown(saved: dict) -> str:
+    """`stem`.md from the saved `stem`.json: one row per optimiser."""
+    rows = [
+        {
+            "optimizer": LABELS.get(r["optimizer"], r["optimizer"]),
+            "lr": f"{r['learning_rate']:g}",
+            "train acc": f"{r['train_accuracy']:.3f}",
+            "test acc": f"{r['test_accuracy']:.3f}",
+            "mean ‖ΔW‖/‖W‖ per step": (
+                "-"
+                if r["mean_relative_update_norm"] is None
+                else f"{float(r['mean_relative_update_norm']):.4f}"
+            ),
+        }
+        for r in saved["results"]
+    ]
+    return reporting.format_markdown_table(rows) + "\n"

@@ -97,6 +97,11 @@ def write_json(path: str | os.PathLike, results: Any) -> Path:
     return path
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """What `write_json` wrote (NaN and Inf stay the strings it wrote them as)."""
+    return json.loads(Path(path).read_text())
+
+
 def line_plot(
     path: str | os.PathLike,
     series: Mapping[str, tuple[Sequence[float], Sequence[float]]],

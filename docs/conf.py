@@ -39,3 +39,5 @@ napoleon_numpy_docstring = False
 
 html_theme = "furo"
 html_title = f"fromage_optax {release}"
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]

@@ -181,8 +181,6 @@ def write_pieces_outputs(config: Config) -> dict:
     rows = accuracy_rows(config, best) + deepest_rows(config, best, median)
     seeds = seed_rows(config, results)
     out = Path(config.out)
-    status = "complete" if not missing else f"PARTIAL: {len(results)} of "
-    status += "" if not missing else f"{len(results) + len(missing)} pieces finished"
     summary = {
         "partial": bool(missing),
         "finished_pieces": [r["piece"] for r in results],
@@ -192,16 +190,7 @@ def write_pieces_outputs(config: Config) -> dict:
         "seed_rows": seeds,
     }
     reporting.write_json(out / "depth.json", {"config": config, **summary})
-    note = f"Status: {status}. Missing: {', '.join(missing) or 'none'}.\n\n"
-    text = note + f"Seed {config.seeds[0]}, best of the learning rates:\n\n"
-    text += reporting.format_markdown_table(rows) + "\n"
-    if seeds:
-        text += (
-            "\nEvery seed (each at its best learning rate): seeds ≥ 90 % / seeds trained, "
-            "then each seed's accuracy in seed order:\n\n"
-        )
-        text += reporting.format_markdown_table(seeds) + "\n"
-    (out / "depth.md").write_text(text)
+    (out / "depth.md").write_text(markdown(config, summary))
     partial = (
         f"\npartial: {len(results)} of {len(results) + len(missing)} pieces" if missing else ""
     )
@@ -210,6 +199,23 @@ def write_pieces_outputs(config: Config) -> dict:
     write_deepest_plot(config, median, out / "deepest.png", partial)
     write_accuracy_plot(config, median, out / "accuracy_vs_depth.png", partial)
     return summary
+
+
+def markdown(config: Config, summary: dict) -> str:
+    """depth.md from the summary that depth.json holds: the status, then the tables."""
+    finished, missing = summary["finished_pieces"], summary["missing_pieces"]
+    status = "complete" if not missing else f"PARTIAL: {len(finished)} of "
+    status += "" if not missing else f"{len(finished) + len(missing)} pieces finished"
+    text = f"Status: {status}. Missing: {', '.join(missing) or 'none'}.\n\n"
+    text += f"Seed {config.seeds[0]}, best of the learning rates:\n\n"
+    text += reporting.format_markdown_table(summary["rows"]) + "\n"
+    if summary["seed_rows"]:
+        text += (
+            "\nEvery seed (each at its best learning rate): seeds ≥ 90 % / seeds trained, "
+            "then each seed's accuracy in seed order:\n\n"
+        )
+        text += reporting.format_markdown_table(summary["seed_rows"]) + "\n"
+    return text
 
 
 def _axes():

@@ -96,7 +96,7 @@ def write_outputs(config: Config, runs: list[dict], *, finished: bool, plots: bo
         {"config": config, "finished": finished, "summary": summary, "runs": runs},
     )
     rows = results_table(best, optimizers, depths)
-    (out / "depth.md").write_text(reporting.format_markdown_table(rows) + "\n")
+    (out / "depth.md").write_text(markdown(json.loads((out / "depth.json").read_text())))
     if plots:
         write_plots(config, best, optimizers, depths)
         write_trust_over_training_plot(config, runs, best, optimizers, depths)
@@ -168,6 +168,18 @@ def write_trust_over_training_plot(config, runs, best: dict, optimizers, depths)
         title=f"{config.dataset}, {depth} hidden layers of width {config.width}, best lr",
         logy=True,
     )
+
+
+def markdown(saved: dict) -> str:
+    """depth.md from the saved depth.json (a plain sweep's or a resumable sweep's)."""
+    config = cli.from_json(Config, saved["config"])
+    if config.pieces:
+        from benchmarks.depth import pieces_report
+
+        return pieces_report.markdown(config, saved)
+    best = best_runs(saved["runs"])
+    depths = sorted({r["depth"] for r in saved["runs"]})
+    return reporting.format_markdown_table(results_table(best, config.optimizers, depths)) + "\n"
 
 
 def report_only(out) -> dict:

@@ -158,6 +158,12 @@ def summary_rows(config: SignalConfig, runs: list[dict]) -> list[dict]:
     return rows
 
 
+def markdown(saved: dict) -> str:
+    """signal.md from the saved signal.json."""
+    config = cli.from_json(SignalConfig, saved["config"])
+    return reporting.format_markdown_table(summary_rows(config, saved["runs"])) + "\n"
+
+
 def write_plot(config: SignalConfig, runs: list[dict], path: Path) -> None:
     """Input signal against layer at the last probe (solid), first seed, every lr; the init's
     (dashed, grey) for comparison."""
@@ -207,7 +213,7 @@ def main(argv=None) -> dict:
     results = {"config": config, "rows": rows, "runs": runs,
                "wall_seconds": time.perf_counter() - start}  # fmt: skip
     reporting.write_json(out / "signal.json", results)
-    (out / "signal.md").write_text(reporting.format_markdown_table(rows) + "\n")
+    (out / "signal.md").write_text(markdown(reporting.read_json(out / "signal.json")))
     write_plot(config, runs, out / "signal.png")
     print(reporting.format_table(rows))
     print(f"wrote signal.json, signal.md, signal.png to {out}")

@@ -139,10 +139,16 @@ def write_outputs(
         },
     )
     rows = results_table(summaries)
-    (out / "gan.md").write_text(reporting.format_markdown_table(rows) + "\n")
+    (out / "gan.md").write_text(markdown(reporting.read_json(out / "gan.json")))
     if finished:
         write_plots(config, runs, summaries)
     return {"rows": rows, "summary": summaries, "fromage_versus_adam": comparison}
+
+
+def markdown(saved: dict) -> str:
+    """gan.md from the saved gan.json."""
+    summaries = summarize(saved["runs"], saved["config"]["optimizers"])
+    return reporting.format_markdown_table(results_table(summaries)) + "\n"
 
 
 def write_plots(config: Config, runs: list[dict], summaries: list[dict]) -> None:

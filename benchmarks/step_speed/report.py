@@ -1,4 +1,5 @@
-"""The step-speed benchmark's outputs: the console tables, ``step_speed.json`` and the plot."""
+"""The step-speed benchmark's outputs: the console tables, ``step_speed.json``, the Markdown
+tables (``step_speed.md``) and the plot."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def print_tables(rows: list[dict], train_rows: list[dict]) -> None:
 
 
 def write_outputs(config, rows: list[dict], train_rows: list[dict], names: list[str]) -> dict:
-    """Writes step_speed.json and step_speed.png into ``config.out``, prints the tables."""
+    """Writes step_speed.json, .md and .png into ``config.out``, prints the tables."""
     results = {
         "preset": config.preset,
         "repeats": config.repeats,
@@ -78,8 +79,54 @@ def write_outputs(config, rows: list[dict], train_rows: list[dict], names: list[
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     reporting.write_json(out / "step_speed.json", results)
+    (out / "step_speed.md").write_text(markdown(reporting.read_json(out / "step_speed.json")))
     bar_plot(
         out / "step_speed.png", rows, names, f"Optimiser step time on {jax.devices()[0].platform}"
     )
     print_tables(rows, train_rows)
     return results
+
+
+def _pivot(rows: list[dict], key: str, cell) -> list[dict]:
+    """One row per (tree, dtype) or model, one column per optimiser (in the run's order)."""
+    names = list(dict.fromkeys(r["optimizer"] for r in rows))
+    table: dict = {}
+    for r in rows:
+        label = (
+            f"{r[key]} ({r['params']:,} params / {r['leaves']:,} leaves)"
+            if "leaves" in r
+            else f"{r[key]} ({r['params']:,} params)"
+        )
+        row = table.setdefault((label, r.get("dtype")), {key: label})
+        if "dtype" in r:
+            row["dtype"] = r["dtype"]
+        row.update({name: row.get(name) for name in names})
+        row[r["optimizer"]] = cell(r)
+    return list(table.values())
+
+
+def _ratio(row: dict) -> str:
+    if row["optimizer"] == "optax.sgd":
+        return f"1 ({row['ms']:.1f} ms)"
+    return f"{row['x_sgd']:.2f}×"
+
+
+def markdown(saved: dict) -> str:
+    """step_speed.md from the saved step_speed.json: step time relative to optax.sgd (its time
+    in brackets), compile times, and whole train steps."""
+    steps, train = saved["optimizer_steps"], saved["train_steps"]
+    machine_text = f"{saved['machine']['processor']}, {', '.join(saved['machine']['devices'])}"
+    text = (
+        f"Preset `{saved['preset']}`, median of {saved['repeats']} timed steps on {machine_text}, "
+        f"JAX {saved['machine']['jax']}, optax {saved['machine']['optax']}.\n\n"
+        "Optimiser step (`update` + `optax.apply_updates`), time relative to `optax.sgd`:\n\n"
+    )
+    text += reporting.format_markdown_table(_pivot(steps, "tree", _ratio)) + "\n"
+    text += "\nCompile time of the optimiser step:\n\n"
+    compile_cell = lambda r: f"{r['compile_s']:.1f} s"  # noqa: E731
+    text += reporting.format_markdown_table(_pivot(steps, "tree", compile_cell)) + "\n"
+    if train:
+        text += "\nWhole jitted train step (forward, backward, update), relative to "
+        text += "`optax.sgd`:\n\n"
+        text += reporting.format_markdown_table(_pivot(train, "model", _ratio)) + "\n"
+    return text

@@ -165,15 +165,16 @@ def print_tables(experiment, results: Sequence[dict], best: Sequence[dict]) -> N
         print(f"Fromage+momentum best − AdamW best validation loss: {momentum_gap:+.4f} nats/byte")
 
 
-def markdown_report(experiment, results: Sequence[dict], best: Sequence[dict]) -> str:
-    """transformer.md: every run and each optimiser's best, as markdown tables, and the gaps."""
-    config = experiment.config
-    model = experiment.model.config
+def markdown(saved: dict) -> str:
+    """transformer.md from the saved transformer.json: every run and each optimiser's best, as
+    markdown tables, and the gaps."""
+    config, model, results = saved["training"], saved["model"], saved["runs"]
+    best = best_per_optimizer(results)
     lines = [
-        f"# GPT `{config.preset}` preset on {experiment.corpus.name}",
+        f"# GPT `{saved['preset']}` preset on {saved['data']['name']}",
         "",
-        f"{config.steps} steps × {config.batch_size} × {model.context_length} bytes, "
-        f"init {model.init}, seed {config.seed}; losses in nats/byte. Written by "
+        f"{config['steps']} steps × {config['batch_size']} × {model['context_length']} bytes, "
+        f"init {model['init']}, seed {config['seed']}; losses in nats/byte. Written by "
         "`benchmarks/transformer/report.py`.",
         "",
         "## Every run",
@@ -225,7 +226,7 @@ def write_outputs(experiment, results: Sequence[dict]) -> dict:
     }
     out = Path(config.out)
     reporting.write_json(out / "transformer.json", summary)
-    (out / "transformer.md").write_text(markdown_report(experiment, results, best))
+    (out / "transformer.md").write_text(markdown(reporting.read_json(out / "transformer.json")))
     series = {_plot_label(r): (r["history"]["step"], r["history"]["validation_loss"]) for r in best}
     reporting.line_plot(
         out / "transformer.png",

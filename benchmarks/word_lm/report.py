@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from benchmarks import reporting
+from benchmarks import cli, reporting
 from benchmarks.word_lm.configs import (
     AUTHORS_EPOCH10_TRAIN_PERPLEXITY,
     OPTIMIZER_NAMES,
@@ -155,7 +155,10 @@ def corpus_info(data) -> dict:
     }
 
 
-def _markdown(config: Config, info: dict, grid: list[dict], seeds: list[dict], timing) -> str:
+def markdown(saved: dict) -> str:
+    """word_lm.md from the saved word_lm.json."""
+    config, info = cli.from_json(Config, saved["config"]), saved["data"]
+    grid, seeds, timing = saved["grid_rows"], saved["seed_rows"], saved["timing"]
     return "\n".join(
         [
             f"# Word-level transformer LM, preset `{config.preset}`",
@@ -178,7 +181,7 @@ def _markdown(config: Config, info: dict, grid: list[dict], seeds: list[dict], t
             "",
             reporting.format_markdown_table(seeds),
             "",
-            f"Total training time {timing['total_seconds']:.0f} s on {jax.devices()[0]}.",
+            f"Total training time {timing['total_seconds']:.0f} s on {saved['device']}.",
             "",
         ]
     )
@@ -207,7 +210,7 @@ def write_outputs(config: Config, info: dict, results: Sequence[dict], finished:
     }
     out = Path(config.out)
     reporting.write_json(out / "word_lm.json", summary)
-    (out / "word_lm.md").write_text(_markdown(config, info, grid, seeds, timing))
+    (out / "word_lm.md").write_text(markdown(reporting.read_json(out / "word_lm.json")))
     series = {
         f"{r['label']} ({_setting(r)})": (r["epochs"], _validation_curve(r))
         for r in results

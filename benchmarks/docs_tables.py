@@ -1,0 +1,209 @@
+"""The Markdown tables under docs/results/, rebuilt from the committed JSON beside them.
+
+Every experiment's report writes its tables (``*.md``) next to its JSON when it runs; the docs
+pages include those files. This module lists every committed result and calls the same report
+function on its JSON, and builds ``docs/results/headline.md`` (the README's headline table, one
+row per experiment) from the same JSON::
+
+  python -m benchmarks.docs_tables           # rewrite every table from the committed JSON
+  python -m benchmarks.docs_tables --check   # only say which tables differ (exit status 1)
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks import comparison, reporting
+from benchmarks.depth import report as depth_report
+from benchmarks.depth import signal
+from benchmarks.gan import report as gan_report
+from benchmarks.step_speed import report as step_speed_report
+from benchmarks.transformer import report as transformer_report
+from benchmarks.word_lm import report as word_lm_report
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+# (JSON under docs/results/, the report function that turns it into its Markdown file).
+_WRITERS: dict[str, Callable[[dict], str]] = {
+    "mlp/mlp_linen.json": comparison.markdown,
+    "depth/depth.json": depth_report.markdown,
+    "depth/paper_schedule/depth.json": depth_report.markdown,
+    "depth/long/depth.json": depth_report.markdown,
+    "depth/signal/signal.json": signal.markdown,
+    "word_lm/word_lm.json": word_lm_report.markdown,
+    "transformer/transformer.json": transformer_report.markdown,
+    "transformer/lecun_init/transformer.json": transformer_report.markdown,
+    "transformer/recipe/transformer.json": transformer_report.markdown,
+    "transformer/recipe/seed1/transformer.json": transformer_report.markdown,
+    "transformer/recipe/gpt2_init/transformer.json": transformer_report.markdown,
+    "gan/gan.json": gan_report.markdown,
+    "gan/fromage_low_lr/gan.json": gan_report.markdown,
+    "step_speed/step_speed.json": step_speed_report.markdown,
+    "step_speed/design_study/step_speed.json": step_speed_report.markdown,
+    "step_speed/compile/before/step_speed.json": step_speed_report.markdown,
+    "step_speed/compile/after/step_speed.json": step_speed_report.markdown,
+}
+
+
+def _load(results: Path, name: str) -> dict:
+    return reporting.read_json(results / name)
+
+
+def _mlp_row(results: Path) -> dict:
+    name = "mlp/mlp_linen.json"
+    by_name = {r["optimizer"]: r for r in _load(results, name)["results"]}
+    fromage, adam = by_name["fromage"], by_name["adam"]
+    return {
+        "experiment": "[MLP on digits (main job)](docs/experiments/mlp.md)",
+        "claim": "Fromage at lr 0.01 trains a Flax MLP close to Adam at 1e-3",
+        "measured": (
+            f"test accuracy {fromage['test_accuracy']:.3f} (Adam {adam['test_accuracy']:.3f})"
+        ),
+        "runs": "1 seed",
+        "JSON": name,
+    }
+
+
+def _depth_row(results: Path) -> dict:
+    name = "depth/long/depth.json"
+    saved = _load(results, name)
+    deepest = {
+        row["optimizer"]: row["24,000"]
+        for row in saved["rows"]
+        if row["width"] == 64 and row["depth"] == "deepest ≥ 90 %, median seed"
+    }
+    return {
+        "experiment": "[Depth, the paper's Fig. 3](docs/experiments/depth.md)",
+        "claim": "Fromage trains deeper MLPs than SGD and Adam (24,000 steps, width 64)",
+        "measured": (
+            f"deepest ≥ 90 %: Fromage {deepest['fromage']}, Adam {deepest['adam']}, "
+            f"SGD {deepest['sgd']} layers"
+        ),
+        "runs": f"median seed of {_seed_count(saved)} near each cliff",
+        "JSON": name,
+    }
+
+
+def _seed_count(saved: dict) -> int:
+    """How many seeds the long preset ran near the cliffs (its seed rows say "2/3: ...")."""
+    return max(int(cell.split(":")[0].split("/")[1]) for row in saved["seed_rows"]
+               for key, cell in row.items() if "/" in str(cell) and ":" in str(cell))  # fmt: skip
+
+
+def _word_lm_row(results: Path) -> dict:
+    name = "word_lm/word_lm.json"
+    rows = {r["optimizer"]: r for r in _load(results, name)["seed_rows"]}
+    fromage, adam = rows["fromage_optax.fromage"], rows["optax.adam"]
+    sgd = rows["optax.sgd (clip 0.25)"]
+    return {
+        "experiment": "[Word-level transformer LM](docs/experiments/word_lm.md)",
+        "claim": "Fromage (p_bound 1) is competitive with SGD and Adam",
+        "measured": (
+            f"best val ppl {fromage['best val ppl']} (SGD {sgd['best val ppl']}, "
+            f"Adam {adam['best val ppl']})"
+        ),
+        "runs": f"mean ± std, seeds {fromage['seeds'].replace(',', ', ')}",
+        "JSON": name,
+    }
+
+
+def _transformer_row(results: Path) -> dict:
+    names = ["transformer/recipe/transformer.json", "transformer/recipe/seed1/transformer.json"]
+    key = "fromage_adamw_minus_adamw_best_validation_loss"
+    gaps = [_load(results, name)[key] for name in names]
+    seeds = [_load(results, name)["training"]["seed"] for name in names]
+    return {
+        "experiment": "[GPT, byte level](docs/experiments/transformer.md)",
+        "claim": "`fromage_with_adamw` comes within 0.05 nats/byte of tuned AdamW",
+        "measured": "gap " + ", ".join(f"{gap:+.3f}" for gap in gaps) + " nats/byte",
+        "runs": "seeds " + ", ".join(map(str, seeds)) + ", one each",
+        "JSON": ", ".join(names),
+    }
+
+
+def _gan_row(results: Path) -> dict:
+    name = "gan/gan.json"
+    summaries = {s["optimizer"]: s for s in _load(results, name)["summary"]}
+    fromage, adam = summaries["fromage"], summaries["adam"]
+    return {
+        "experiment": "[Conditional GAN on digits](docs/experiments/gan.md)",
+        "claim": "Fromage matches Adam",
+        "measured": (
+            f"Fréchet distance {fromage['frechet_distance_mean']:.3f} ± "
+            f"{fromage['frechet_distance_std']:.3f} (Adam {adam['frechet_distance_mean']:.3f} ± "
+            f"{adam['frechet_distance_std']:.3f})"
+        ),
+        "runs": f"mean ± std, {len(fromage['seeds'])} seeds",
+        "JSON": name,
+    }
+
+
+def _step_speed_row(results: Path) -> dict:
+    name = "step_speed/step_speed.json"
+    saved = _load(results, name)
+    ratio = {
+        r["optimizer"]: r["x_sgd"]
+        for r in saved["optimizer_steps"]
+        if r["tree"] == "few_large" and r["dtype"] == "float32"
+    }
+    return {
+        "experiment": "[Step speed, CPU](docs/experiments/step_speed.md)",
+        "claim": "the step costs little more than SGD's (50M params / 100 tensors, float32)",
+        "measured": (
+            f"{ratio['fromage']:.2f}× `optax.sgd` (`optax.fromage` {ratio['optax.fromage']:.2f}×, "
+            f"`optax.adam` {ratio['optax.adam']:.2f}×)"
+        ),
+        "runs": f"median of {saved['repeats']} steps",
+        "JSON": name,
+    }
+
+
+def headline(results: Path = RESULTS) -> str:
+    """The README's headline table: one row per experiment, every number from the JSON named."""
+    rows = [
+        row(results)
+        for row in (
+            _mlp_row,
+            _depth_row,
+            _word_lm_row,
+            _transformer_row,
+            _gan_row,
+            _step_speed_row,
+        )
+    ]
+    for row in rows:
+        row["JSON"] = ", ".join(
+            f"[`{Path(part).parent}`](docs/results/{part})" for part in row["JSON"].split(", ")
+        )
+    return reporting.format_markdown_table(rows) + "\n"
+
+
+def tables(results: Path = RESULTS) -> dict[Path, str]:
+    """{Markdown file: its text rebuilt from the committed JSON}, the headline included."""
+    built = {
+        (results / name).with_suffix(".md"): writer(_load(results, name))
+        for name, writer in _WRITERS.items()
+    }
+    built[results / "headline.md"] = headline(results)
+    return built
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.docs_tables", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="write nothing; list stale tables")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in tables().items():
+        if not path.exists() or path.read_text() != text:
+            stale.append(path)
+            if not args.check:
+                path.write_text(text)
+    verb = "differ from their JSON" if args.check else "rewritten"
+    print(f"{len(stale)} tables {verb}" + "".join(f"\n  {p}" for p in stale))
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
