@@ -154,8 +154,16 @@ _SMOKE = {
     "benchmarks.mlp_linen": ["--epochs", "1"],
     "benchmarks.mlp_nnx": ["--epochs", "1"],
     "benchmarks.depth": ["--epochs", "1", "--depths", "2", "--seeds", "0"],
-    "benchmarks.depth.signal": ["--epochs", "1", "--probe-epochs", "0,1", "--seeds", "0"],
-    "benchmarks.word_lm": ["--epochs", "1", "--decay-after-epoch", "1", "--seeds", "0"],
+    # Depth 32, width 64 as in the preset; one optimiser, two seeds vmapped.
+    "benchmarks.depth.signal": [
+        "--epochs", "1", "--probe-epochs", "0,1", "--seeds", "0,1", "--optimizers", "fromage",
+    ],  # fmt: skip
+    # The preset's model (its embedding over the library's size threshold) on a prefix of the
+    # training words, one setting per optimiser.
+    "benchmarks.word_lm": [
+        "--epochs", "1", "--decay-after-epoch", "1", "--seeds", "0", "--train-words", "20000",
+        "--fromage-p-bounds", "1", "--adam-learning-rates", "0.001", "--sgd-learning-rates", "1",
+    ],  # fmt: skip
     "benchmarks.transformer": [
         "--steps",
         "2",
