@@ -9,6 +9,7 @@ a norm is trusted or which branch runs: that is `_norms`' job.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -155,7 +156,7 @@ def segments(groups: list[Group], per_large_tensor: bool) -> list[list[Group]]:
     then each large tensor on its own. On XLA:CPU a step that waits for a branch
     after its norms no longer finds W and g in the cache: with one branch for the
     tree, 100 tensors of 2 MB took 2.0x SGD; with one per tensor, each tensor's
-    reductions made to wait for the previous tensor's branch (`wait_for`), 1.5x.
+    reductions made to wait for the previous tensor's branch (`after_token`), 1.5x.
     For small tensors the per-kernel overhead dominates, and a branch per group
     would cost more than the cache saves. Otherwise (elsewhere, where a branch
     may make the host wait for its predicate, once per branch) one run.
@@ -168,18 +169,61 @@ def segments(groups: list[Group], per_large_tensor: bool) -> list[list[Group]]:
     return ([small] if small else []) + [[group] for group in groups if group.large]
 
 
-def wait_for(x, after):
-    """`x`, in a form that XLA may read only once `after` has been computed.
+def after_token(value, dtype):
+    """An exact zero of `dtype` computed from `value`, which XLA cannot fold away.
 
-    The way one run of groups' norms is ordered after the previous run's branch:
-    both pass through one `lax.optimization_barrier`, which aliases `x` (no copy)
-    and, unlike a reduction's traced initial value, has rules for every JAX
-    transformation (vmap, jvp, transpose).
+    As the initial value of a reduction it makes the reduction wait for `value`:
+    the way one run of groups' norms is ordered after the previous run's branch.
+    NaN or infinite values still give 0. Its derivative is 0.
     """
+    zero = jnp.sum(lax.stop_gradient(value)).astype(dtype) * 0
+    return jnp.where(zero == 0, zero, jnp.zeros((), dtype))
+
+
+@functools.cache
+def _ordered_sum(axes: tuple[int, ...]):
+    """Σx over `axes` (keepdims) as a reduction whose initial value is a token: it cannot
+    start before the token is computed (`after_token`).
+
+    A reduction with a traced initial value has no vmap rule (for a batched one), and
+    no jvp rule where that value has a tangent, so both are given here: under vmap the
+    token of the whole batch (one exact zero) starts the batched reduction, which keeps
+    the order; the derivative is the plain sum's, the token being an exact zero.
+    """
+
+    def reduce(x, token):
+        return lax.expand_dims(lax.reduce(x, token, lax.add, axes), axes)
+
+    batched_reduce = jax.custom_batching.custom_vmap(reduce)
+
+    @batched_reduce.def_vmap
+    def _(axis_size, in_batched, x, token):
+        x_batched, token_batched = in_batched
+        if not x_batched:
+            x = jnp.broadcast_to(x, (axis_size, *x.shape))
+        if token_batched:
+            token = after_token(token, x.dtype)
+        shifted = tuple(a + 1 for a in axes)
+        return lax.expand_dims(lax.reduce(x, token, lax.add, shifted), shifted), True
+
+    @jax.custom_jvp
+    def ordered_sum(x, token):
+        return batched_reduce(x, token)
+
+    @ordered_sum.defjvp
+    def _(primals, tangents):
+        x, token = primals
+        x_dot, _ = tangents
+        return ordered_sum(x, token), jnp.sum(x_dot, axis=axes, keepdims=True)
+
+    return ordered_sum
+
+
+def _sum(x, axes, after):
+    """Σx over `axes`, keepdims, starting from `after_token(after)` when `after` is given."""
     if after is None:
-        return x
-    x, _ = lax.optimization_barrier((x, after))
-    return x
+        return jnp.sum(x, axis=axes, keepdims=True)
+    return _ordered_sum(tuple(axes))(x, after_token(after, x.dtype))
 
 
 def group_inputs(group: Group, sources):
@@ -226,18 +270,17 @@ def plain_sums(groups, inputs, with_dot, after=None):
     """Per group: plain sums of squares (one per source) and the inner product.
 
     `inputs`: per group, its `group_inputs`. `after`: None, or an array that the
-    reductions of unstacked full-precision groups wait for (see `wait_for`).
+    reductions of full-precision groups wait for (see `after_token`).
     """
     per_group = []
     for group, xs in zip(groups, inputs):
         # Low-precision tensors do not wait: for them the wait cost more than the cache
         # saved (100 bfloat16 tensors of 1 MB: 2.3x SGD waiting, 1.9x not).
-        if all(_full_precision(x) for x in xs) and not group.stacked:
-            xs = [wait_for(x, after) for x in xs]
+        wait = after if all(_full_precision(x) for x in xs) else None
         xs = [_upcast(x) for x in xs]
-        sums = [jnp.sum(x * x, axis=group.reduce_axes, keepdims=True) for x in xs]
+        sums = [_sum(x * x, group.reduce_axes, wait) for x in xs]
         if with_dot:
-            sums.append(jnp.sum(xs[0] * xs[1], axis=group.reduce_axes, keepdims=True))
+            sums.append(_sum(xs[0] * xs[1], group.reduce_axes, wait))
         per_group.append([_psum(value, group.axis_names) for value in sums])
     return per_group
 

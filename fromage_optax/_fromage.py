@@ -339,8 +339,8 @@ def fromage(
 
     Args:
       learning_rate: η, a float ≥ 0 (finite in float32) or an optax schedule
-        ``count -> η`` returning a scalar. It is the relative size of each step (0.01 moves a tensor by
-        ~1%).
+        ``count -> η`` returning a scalar. It is the relative size of each step
+        (0.01 moves a tensor by ~1%).
       p_bound: None, or p > 0: cap every tensor's norm at ``p·‖W₀‖``. A tensor
         that is zero at init is then held at zero (the authors' reference
         behaviour); leave such tensors out with ``optax.masked``.
@@ -420,18 +420,27 @@ def fromage(
             new_leaves: list = [None] * len(param_leaves)
             after = None
             for run in runs:
-                plain = _norms.plain_norms(run, param_leaves, update_leaves, after=after)
+                # With p_bound, ⟨W, g⟩ of small tensors is reduced in the same read as their
+                # norms (they are in the cache, and a branch fewer compiles faster); a large
+                # tensor's only on steps where some tensor of its run could pass its bound.
+                lazy = p_bound is not None and any(group.large for group in run)
+                plain = _norms.plain_norms(
+                    run,
+                    param_leaves,
+                    update_leaves,
+                    inner_product=p_bound is not None and not lazy,
+                    after=after,
+                )
                 initial_norms = [None if split is None else _group_norms(split, g) for g in run]
                 groups = _norms.finish(
                     plain,
                     # Under p_bound a tensor that started at zero (‖W₀‖ = 0) stays at zero.
                     exact_zero_where=None if p_bound is None else initial_norms,
-                    # ⟨W, g⟩ is needed only on steps where some tensor could pass its bound.
-                    inner_product_when=None
-                    if p_bound is None
-                    else _any_could_pass_bound(
+                    inner_product_when=_any_could_pass_bound(
                         param_leaves, update_leaves, initial_norms, eta, p_bound, plain.stats
-                    ),
+                    )
+                    if lazy
+                    else None,
                 )
                 _fromage_updates(
                     param_leaves,

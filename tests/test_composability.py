@@ -368,39 +368,50 @@ def batched(name, tree_name, args, jit):
     return jax.tree.leaves(actual), expected, False
 
 
-def _loss(run, args, wrt, cotangents, dtype=None):
-    """The cotangent-weighted sum of run's outputs, as a function of the params or of η."""
-    params, grads, lr, initial = args
+def _loss(run, args, cotangents, dtype=None):
+    """The cotangent-weighted sum of run's outputs, as a function of the params and of η."""
+    _, grads, _, initial = args
 
-    def loss(variable):
-        p, r = (variable, lr) if wrt == "params" else (params, variable)
-        return _weighted_sum(run(p, grads, r, initial), cotangents, dtype)
+    def loss(params, lr):
+        return _weighted_sum(run(params, grads, lr, initial), cotangents, dtype)
 
     return loss
 
 
+def _argnums(name):
+    """What a cell differentiates w.r.t.: the params, and η where the transform takes one."""
+    return (0, 1) if TRANSFORMS[name].uses_learning_rate else (0,)
+
+
 @functools.cache
-def _expected_derivative(name, tree_name, wrt, zeros):
+def _expected_derivative(name, tree_name, zeros):
     """The float64 reference's derivative (shared by the eager, jit and remat cells)."""
     params, grads, initial = problem(tree_name, zeros=zeros)
     args = (params, grads, LEARNING_RATE, initial)
     cotangents = _cotangents(reference_outputs(name, tree_name, *args))
     with x64_enabled():
         args64 = (_float64(params), _float64(grads), LEARNING_RATE, _float64(initial))
-        loss = _loss(_reference_fn(name, tree_name), args64, wrt, cotangents, jnp.float64)
-        variable = args64[0] if wrt == "params" else jnp.float64(LEARNING_RATE)
-        return [np.asarray(x) for x in jax.tree.leaves(jax.jit(jax.grad(loss))(variable))]
+        loss = _loss(_reference_fn(name, tree_name), args64, cotangents, jnp.float64)
+        gradient = jax.jit(jax.grad(loss, argnums=_argnums(name)))
+        derivatives = gradient(args64[0], jnp.float64(LEARNING_RATE))
+        return [[np.asarray(x) for x in jax.tree.leaves(d)] for d in derivatives]
 
 
-def _differentiated(name, tree_name, args, wrt, jit, remat=False):
+def _differentiated(name, tree_name, args, jit, remat=False):
+    """Derivatives w.r.t. the params (compared here as one vector) and η (compared on its own,
+    so that a wrong derivative w.r.t. η cannot hide behind the params')."""
     params, _, lr, _ = args
     cotangents = _cotangents(reference_outputs(name, tree_name, *args))
-    loss = _loss(_library(name), args, wrt, cotangents)
+    loss = _loss(_library(name), args, cotangents)
     loss = jax.checkpoint(loss) if remat else loss
-    gradient = jax.jit(jax.grad(loss)) if jit else jax.grad(loss)
-    actual = gradient(params if wrt == "params" else jnp.float32(lr))
-    zeros = TRANSFORMS[name].zeros_ok
-    return jax.tree.leaves(actual), _expected_derivative(name, tree_name, wrt, zeros), True
+    gradient = jax.grad(loss, argnums=_argnums(name))
+    gradient = jax.jit(gradient) if jit else gradient
+    actual = [jax.tree.leaves(d) for d in gradient(params, jnp.float32(lr))]
+    expected = _expected_derivative(name, tree_name, TRANSFORMS[name].zeros_ok)
+    size = max(int(np.size(x)) for x in jax.tree.leaves(params))
+    for actual_part, expected_part in zip(actual[1:], expected[1:]):
+        _check(actual_part, expected_part, size, True)
+    return actual[0], expected[0], True
 
 
 def linearised(name, tree_name, args, jit):
@@ -428,12 +439,11 @@ TRANSFORMATIONS: dict[str, Callable] = {
     "jit": functools.partial(plain, jit=True),
     "vmap": functools.partial(batched, jit=False),
     "jit_vmap": functools.partial(batched, jit=True),
-    "grad": functools.partial(_differentiated, wrt="params", jit=False),
-    "jit_grad": functools.partial(_differentiated, wrt="params", jit=True),
-    "grad_lr": functools.partial(_differentiated, wrt="lr", jit=False),
-    "jit_grad_lr": functools.partial(_differentiated, wrt="lr", jit=True),
+    # w.r.t. the params and (where the transform takes one) a traced learning rate
+    "grad": functools.partial(_differentiated, jit=False),
+    "jit_grad": functools.partial(_differentiated, jit=True),
     "jit_jvp": functools.partial(linearised, jit=True),
-    "remat_jit_grad": functools.partial(_differentiated, wrt="params", jit=True, remat=True),
+    "remat_jit_grad": functools.partial(_differentiated, jit=True, remat=True),
 }
 
 
@@ -464,8 +474,6 @@ def _cells():
     cells = []
     for name, transform in TRANSFORMS.items():
         for transformation in TRANSFORMATIONS:
-            if "lr" in transformation and not transform.uses_learning_rate:
-                continue
             tree_names = ["scanned"] if transform.layer_axes else ["mixed"]
             cells += [(name, transformation, tree) for tree in tree_names]
     # The other trees (and the real member count) under the transformations that

@@ -128,3 +128,18 @@ def test_design_study_steps_against_the_reference(scale):
 def test_design_study_is_not_run_by_default():
     assert not set(configs.DESIGN_STUDY) & set(configs.PRESETS["cpu"].optimizers)
     assert set(configs.DESIGN_STUDY) <= set(configs.NORM_BASED_OPTIMIZERS)
+
+
+def test_against_commit_times_an_older_library_beside_this_one(tmp_path):
+    from benchmarks.step_speed import against_commit
+
+    out = tmp_path / "ab"
+    against_commit.main(
+        ["--commit", "HEAD", "--preset", "quick", "--trees", "few_large", "--repeats", "2",
+         "--out", str(out)]
+    )  # fmt: skip
+    saved = json.loads((out / "against_commit.json").read_text())
+    names = [row["optimizer"] for row in saved["rows"]]
+    assert names[0] == "optax.sgd" and "fromage before" in names and "fromage after" in names
+    assert (out / "against_commit.png").stat().st_size > 0
+    assert "× optax.sgd" in (out / "against_commit.md").read_text()
