@@ -19,6 +19,7 @@ from benchmarks import comparison, reporting
 from benchmarks.depth import report as depth_report
 from benchmarks.depth import signal
 from benchmarks.gan import report as gan_report
+from benchmarks.step_speed import against_commit
 from benchmarks.step_speed import report as step_speed_report
 from benchmarks.transformer import report as transformer_report
 from benchmarks.word_lm import report as word_lm_report
@@ -44,6 +45,7 @@ _WRITERS: dict[str, Callable[[dict], str]] = {
     "step_speed/design_study/step_speed.json": step_speed_report.markdown,
     "step_speed/compile/before/step_speed.json": step_speed_report.markdown,
     "step_speed/compile/after/step_speed.json": step_speed_report.markdown,
+    "step_speed/against_commit/against_commit.json": against_commit.markdown,
 }
 
 

@@ -196,6 +196,9 @@ _SMOKE = {
         "--no-train-steps",
     ],  # fmt: skip
     "benchmarks.docs_tables": ["--check"],
+    "benchmarks.step_speed.against_commit": [
+        "--preset", "quick", "--trees", "few_large", "--repeats", "2",
+    ],  # fmt: skip
 }
 # Per preset, where its size is not in the flags above.
 _SMOKE_PRESET = {

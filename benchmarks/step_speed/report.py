@@ -111,6 +111,35 @@ def _ratio(row: dict) -> str:
     return f"{row['x_sgd']:.2f}×"
 
 
+def _derived(steps: list[dict]) -> list[dict]:
+    """Per tree and dtype, the ratios the docs quote, from the rows of one run."""
+    rows = []
+    for tree, dtype in dict.fromkeys((r["tree"], r["dtype"]) for r in steps):
+        by_name = {r["optimizer"]: r for r in steps if (r["tree"], r["dtype"]) == (tree, dtype)}
+        fromage, adam = by_name.get("fromage"), by_name.get("optax.adam")
+        if fromage is None:
+            continue
+        row = {"tree": tree, "dtype": dtype}
+        if "optax.fromage" in by_name:
+            row["optax.fromage / fromage"] = (
+                f"{by_name['optax.fromage']['ms'] / fromage['ms']:.1f}×"
+            )
+        for name, label in (
+            ("fromage p_bound=2", "p_bound"),
+            ("fromage p_bound=2, at the bound", "at the bound"),
+        ):
+            if name in by_name:
+                change = by_name[name]["ms"] / fromage["ms"] - 1
+                row[f"{label} vs fromage"] = f"{change:+.0%}"
+        if adam is not None:
+            for name, label in (("fromage", "fromage"), ("fromage p_bound=2", "p_bound")):
+                if name in by_name:
+                    ratio = by_name[name]["compile_s"] / adam["compile_s"]
+                    row[f"compile, {label} / adam"] = f"{ratio:.2f}×"
+        rows.append(row)
+    return rows
+
+
 def markdown(saved: dict) -> str:
     """step_speed.md from the saved step_speed.json: step time relative to optax.sgd (its time
     in brackets), compile times, and whole train steps."""
@@ -125,6 +154,14 @@ def markdown(saved: dict) -> str:
     text += "\nCompile time of the optimiser step:\n\n"
     compile_cell = lambda r: f"{r['compile_s']:.1f} s"  # noqa: E731
     text += reporting.format_markdown_table(_pivot(steps, "tree", compile_cell)) + "\n"
+    derived = _derived(steps)
+    if derived:
+        text += (
+            "\nDerived from the rows above: how many times faster `fromage` is than "
+            "`optax.fromage`, what p_bound costs against `fromage` (below its bound, and with "
+            "every tensor at it), and each one's compile time against `optax.adam`'s:\n\n"
+        )
+        text += reporting.format_markdown_table(derived) + "\n"
     if train:
         text += "\nWhole jitted train step (forward, backward, update), relative to "
         text += "`optax.sgd`:\n\n"
