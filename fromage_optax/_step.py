@@ -46,9 +46,16 @@ def norm_control(learning_rate: Any, dtype) -> NormControl:
     eta = jnp.asarray(learning_rate, dtype)
     root = jnp.hypot(jnp.ones_like(eta), eta)  # √(1+η²) without overflow for any finite η
     sine = eta / root
-    # 1/√(1+η²) − 1 = −η² / (√(1+η²)·(1 + √(1+η²))): exact to a few ulps even
-    # for η = 1e-6, where the naive difference keeps no significant digits.
-    return NormControl(1 / root, -sine * (eta / (1 + root)), sine)
+    # 1/√(1+η²) − 1 = −η² / (√(1+η²)·(1 + √(1+η²))): exact to a few ulps even for η = 1e-6,
+    # where the naive difference keeps no significant digits. For |η| ≤ 1 in that form (the
+    # rounding of every earlier release); above, as −(η/√(1+η²))·η/(1 + √(1+η²)), since η²
+    # may overflow (η itself clipped in the unused form, so its derivative stays finite).
+    small = jnp.abs(eta) <= 1
+    clipped = jnp.where(small, eta, 0)
+    shrink_minus_one = jnp.where(
+        small, -(clipped * clipped) / (root * (1 + root)), -sine * (eta / (1 + root))
+    )
+    return NormControl(1 / root, shrink_minus_one, sine)
 
 
 def hyperparameters_valid(learning_rate: Any, p_bound: Any = None) -> Any:
