@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+import optax.contrib
 
 import fromage_optax
 
@@ -89,6 +90,49 @@ def fromage_adamw(
     )
 
 
+def muon(
+    learning_rate,
+    *,
+    adam_learning_rate,
+    muon_mask,
+    adam_b2=0.999,
+    adam_weight_decay=0.0,
+):
+    """``optax.contrib.muon`` as its authors set it up: Muon on the hidden matrices, AdamW elsewhere.
+
+    `muon_mask` (a function of the params) selects the leaves Muon updates
+    (the blocks' Dense kernels; a stacked ``[layers, in, out]`` kernel is
+    orthogonalised per layer); AdamW, at `adam_learning_rate`, updates the rest
+    (embeddings, LayerNorm parameters, biases) with decoupled decay
+    `adam_weight_decay`. Nesterov momentum 0.95 (Nesterov in the AdamW part
+    too) and 5 Newton–Schulz steps are optax's defaults.
+    """
+    from optax.contrib import MuonDimensionNumbers
+
+    def dimension_numbers(params):
+        def spec(chosen, leaf):
+            if not chosen:
+                return None
+            if leaf.ndim == 2:
+                return MuonDimensionNumbers()
+            if leaf.ndim == 3:  # [layers, in, out] of nn.scan
+                return MuonDimensionNumbers(reduction_axis=1, output_axis=2)
+            raise ValueError(
+                f"muon_mask selects a leaf of shape {leaf.shape}: Muon needs matrices "
+                "[in, out] or stacks [layers, in, out]; leave it to AdamW."
+            )
+
+        return jax.tree.map(spec, muon_mask(params), params)
+
+    return optax.contrib.muon(
+        learning_rate,
+        adam_learning_rate=adam_learning_rate,
+        adam_b2=adam_b2,
+        adam_weight_decay=adam_weight_decay,
+        muon_weight_dimension_numbers=dimension_numbers,
+    )
+
+
 def optax_fromage(learning_rate):
     """``optax.fromage`` (its norms clamped at 1e-6)."""
     return optax.fromage(learning_rate)
@@ -102,6 +146,7 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "fromage": fromage,
     "fromage_adamw": fromage_adamw,
     "optax_fromage": optax_fromage,
+    "muon": muon,
 }
 LABELS = {
     "sgd": "optax.sgd",
@@ -111,6 +156,7 @@ LABELS = {
     "fromage": "fromage_optax.fromage",
     "fromage_adamw": "fromage_optax.fromage_with_adamw",
     "optax_fromage": "optax.fromage",
+    "muon": "optax.contrib.muon",
 }
 
 

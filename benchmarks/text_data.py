@@ -8,8 +8,11 @@ sources, none downloaded at run time:
   validation (the last 10% is validation).
 * ``load_wikitext(data_dir)``: a folder holding WikiText-2 (or -103) as
   ``wiki.{train,valid,test}.tokens`` or the ``.raw`` variants.
-* ``load_default_corpus()``: the English text of Python's own documentation
-  topics (``pydoc_data.topics``, ≈466 kB), which every CPython ships.
+* ``load_named_corpus(name)``: a text every CPython ships, chosen by name
+  (`CORPORA`): ``"pydoc"``, the English text of Python's documentation topics
+  (``pydoc_data.topics``, ≈466 kB; the default), or ``"docstrings"``, the
+  docstrings of the standard library's modules (≈1.5 MB of English prose
+  about APIs, split by module file so validation holds unseen modules).
 
 Example:
   >>> import numpy as np
@@ -23,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -130,15 +134,93 @@ def load_default_corpus(validation_fraction: float = 0.1) -> TextCorpus:
     return TextCorpus("pydoc_data.topics", train, validation)
 
 
-def load_corpus(data: str | None = None, data_dir: str | None = None) -> TextCorpus:
-    """`load_text_file(data)`, `load_wikitext(data_dir)`, or the default corpus."""
+# Folders of the standard library whose docstrings are not prose about the
+# library (tests, IDLE, the pydoc topics of the other corpus, vendored code).
+_DOCSTRING_SKIP = frozenset(
+    {"test", "tests", "idlelib", "pydoc_data", "site-packages", "dist-packages", "lib2to3",
+     "turtledemo", "ensurepip", "__pycache__"}
+)
+
+
+@functools.cache
+def stdlib_docstring_files() -> tuple[tuple[str, str], ...]:
+    """(module file, its docstrings joined) for every standard-library module with any.
+
+    The docstrings (module, class, function; longer than 40 characters) are
+    read with `ast` from the source files, in sorted path order, without
+    importing anything; folders in `_DOCSTRING_SKIP` are left out.
+    """
+    import ast
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(
+        path
+        for path in root.rglob("*.py")
+        if not _DOCSTRING_SKIP & set(path.relative_to(root).parts[:-1])
+        and not path.relative_to(root).parts[0].startswith("config-")
+    )
+    documents = []
+    for path in files:
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError):  # a file of another Python's grammar: skip it
+            continue
+        kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+        docs = [
+            doc
+            for node in ast.walk(tree)
+            if isinstance(node, kinds) and (doc := ast.get_docstring(node)) and len(doc) > 40
+        ]
+        if docs:
+            documents.append((path.relative_to(root).as_posix(), "\n\n".join(docs)))
+    return tuple(documents)
+
+
+def docstring_splits() -> dict[str, str]:
+    """The docstrings corpus's train/validation/test texts, split by module file.
+
+    Of the module files in sorted order, every tenth (index ≡ 3 mod 10) goes to
+    validation and every tenth from index 7 (≡ 7 mod 10) to test, so the
+    held-out text is from modules the model never saw in training.
+    """
+    parts: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
+    for index, (_, text) in enumerate(stdlib_docstring_files()):
+        split = {3: "validation", 7: "test"}.get(index % 10, "train")
+        parts[split].append(text)
+    return {split: "\n\n".join(texts) for split, texts in parts.items()}
+
+
+def load_docstring_corpus() -> TextCorpus:
+    """The standard library's docstrings (`docstring_splits`) as bytes."""
+    splits = {split: encode(text) for split, text in docstring_splits().items()}
+    return TextCorpus(
+        "stdlib docstrings", splits["train"], splits["validation"], splits["test"]
+    )
+
+
+# The corpora every CPython ships, by the name --corpus takes.
+CORPORA = {"pydoc": load_default_corpus, "docstrings": load_docstring_corpus}
+
+
+def load_named_corpus(name: str) -> TextCorpus:
+    """The shipped corpus called `name` (a key of `CORPORA`)."""
+    if name not in CORPORA:
+        raise ValueError(f"unknown corpus {name!r}; choose from {tuple(CORPORA)}")
+    return CORPORA[name]()
+
+
+def load_corpus(
+    data: str | None = None, data_dir: str | None = None, corpus: str = "pydoc"
+) -> TextCorpus:
+    """`load_text_file(data)`, `load_wikitext(data_dir)`, or the shipped corpus `corpus`."""
     if data and data_dir:
         raise ValueError("give either a text file (--data) or a WikiText folder (--data-dir)")
     if data:
         return load_text_file(data)
     if data_dir:
         return load_wikitext(data_dir)
-    return load_default_corpus()
+    return load_named_corpus(corpus)
 
 
 def _windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:

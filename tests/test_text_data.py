@@ -108,3 +108,26 @@ def test_evaluation_batches_spread_when_capped():
     assert len(starts) == 4
     assert starts[0] == 0 and starts[-1] == 990
     assert np.all(np.diff(starts) >= 10)
+
+
+def test_docstrings_corpus_is_held_out_by_module_and_deterministic():
+    files = text_data.stdlib_docstring_files()
+    paths = [path for path, _ in files]
+    assert paths == sorted(paths) and len(paths) > 100
+    # No tests, IDLE, or the pydoc topics of the other corpus.
+    assert not any(p.startswith(("test/", "idlelib/", "pydoc_data/")) for p in paths)
+    splits = text_data.docstring_splits()
+    assert splits["validation"] == "\n\n".join(text for i, (_, text) in enumerate(files)
+                                               if i % 10 == 3)
+    # Held out by module: no validation module's docstrings are in training.
+    held_out = [text for i, (_, text) in enumerate(files) if i % 10 in (3, 7)]
+    assert all(text not in splits["train"] for text in held_out[:20] if len(text) > 2000)
+    corpus = text_data.load_corpus(corpus="docstrings")
+    assert corpus.name == "stdlib docstrings"
+    assert text_data.decode(corpus.validation) == splits["validation"]
+    assert len(corpus.train) > 5 * (len(corpus.validation) + len(corpus.test))
+    # The corpus is prose: mostly letters and spaces, unlike source code.
+    letters = sum(c.isalpha() or c == " " for c in splits["train"]) / len(splits["train"])
+    assert letters > 0.75
+    with pytest.raises(ValueError, match="unknown corpus 'wiki'.*pydoc.*docstrings"):
+        text_data.load_corpus(corpus="wiki")

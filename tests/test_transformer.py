@@ -95,7 +95,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     assert got["final_validation_loss"] < got["history"]["validation_loss"][0]
     # The checkpoint carries the first part's wall time; the resumed run adds its own.
     assert got["wall_time_s"] > first_part["runs"][0]["wall_time_s"] > 0
-    assert (tmp_path / "resumed" / "checkpoints" / "fromage_lr0.01_p1" / "8").is_dir()
+    assert (tmp_path / "resumed" / "checkpoints" / "fromage_lr0.01_p1_seed0" / "8").is_dir()
 
 
 def test_grid_covers_every_setting():
@@ -159,7 +159,7 @@ def test_unknown_run_name_rejected(capsys):
 def test_cosine_fromage_runs_are_named_and_scheduled():
     preset = dataclasses.replace(configs.PRESETS["quick"], fromage_schedules=("constant", "cosine"))
     names = [r.name for r in configs.grid(preset, ["fromage"])]
-    assert names == ["fromage_lr0.01_p1", "fromage_lr0.01_p1_cosine"]
+    assert names == ["fromage_lr0.01_p1_seed0", "fromage_lr0.01_p1_cosine_seed0"]
     cosine = configs.RunSpec("fromage", 0.1, None, "cosine")
     optimizer = configs.make_optimizer(cosine, steps=10, warmup_steps=2)
     params = {"kernel": jax.numpy.ones((3, 3))}  # a name the monitor's mask selects
@@ -178,7 +178,7 @@ def test_cosine_fromage_runs_are_named_and_scheduled():
 def test_fromage_momentum_variant_is_separate():
     preset = dataclasses.replace(configs.PRESETS["quick"], fromage_momenta=(None, 0.9))
     runs = configs.grid(preset, ["fromage"])
-    assert [r.name for r in runs] == ["fromage_lr0.01_p1", "fromage_lr0.01_p1_m0.9"]
+    assert [r.setting for r in runs] == ["fromage_lr0.01_p1", "fromage_lr0.01_p1_m0.9"]
     optimizer = configs.make_optimizer(runs[1], steps=10, warmup_steps=2)
     state = optimizer.init({"kernel": jax.numpy.ones(3)})
     assert isinstance(state[0][0], optax.TraceState)
@@ -202,12 +202,12 @@ def test_recipe_grid_names_and_optimizer():
         recipe_momenta=(None, 0.9),
     )
     runs = configs.grid(preset, ["fromage_adamw"])
-    names = [r.name for r in runs]
+    names = [r.setting for r in runs]
     assert len(set(names)) == len(runs) == 16
     assert names[0] == "fromage_adamw_lr0.03_alr0.003_pNone"
     assert "fromage_adamw_lr0.01_alr0.003_pNone_m0.9_neuron_matrices" in names
     adamw = configs.grid(dataclasses.replace(preset, adamw_weight_decays=(0.1, 0.0)), ["adamw"])
-    assert [r.name for r in adamw] == ["adamw_lr0.001", "adamw_lr0.001_wd0"]
+    assert [r.setting for r in adamw] == ["adamw_lr0.001", "adamw_lr0.001_wd0"]
 
     params = gpt.init_gpt_params(gpt.gpt_config("quick"), jax.random.key(0))
     kernels = configs.recipe_mask("kernels")(params)
@@ -219,7 +219,7 @@ def test_recipe_grid_names_and_optimizer():
 
     # AdamW's weight decay in the recipe reaches the embeddings only, not LayerNorm or biases.
     decayed = dataclasses.replace(runs[0], weight_decay=0.5)
-    assert decayed.name == "fromage_adamw_lr0.03_alr0.003_pNone_wd0.5"
+    assert decayed.name == "fromage_adamw_lr0.03_alr0.003_pNone_wd0.5_seed0"
     optimizer = configs.make_optimizer(decayed, steps=10, warmup_steps=2)
     state = optimizer.init(params)
     zeros = jax.tree.map(jax.numpy.zeros_like, params)
@@ -260,3 +260,84 @@ def test_recipe_grid_names_and_optimizer():
         # float32 rounding: sums of the n squares in each norm, and a few operations more.
         tolerance = (w.shape[1 - unit_axis] + 8) * np.finfo(np.float32).eps
         assert relative_error(np.asarray(w) + np.asarray(update), expected) < tolerance
+
+
+@pytest.mark.slow
+def test_seeds_intervals_paired_gaps_and_finished_runs_skipped(tmp_path, capsys):
+    """--seeds runs every setting per seed; the report pairs seeds; a rerun loads finished runs."""
+    args = ["--preset", "quick", "--steps", "4", "--eval-interval", "4", "--no-progress"]
+    args += ["--optimizers", "adamw", "muon", "--seeds", "0", "1", "2", "--out", str(tmp_path)]
+    summary = transformer_cli.main(args)
+    names = sorted(r["name"] for r in summary["runs"])
+    assert names == sorted(f"{s}_seed{i}" for s in ("adamw_lr0.001", "muon_lr0.02_alr0.003")
+                           for i in (0, 1, 2))
+    # Each seed has its own initial params: the step-0 losses differ across seeds.
+    adamw = {r["seed"]: r for r in summary["runs"] if r["optimizer"] == "adamw"}
+    assert len({r["history"]["validation_loss"][0] for r in adamw.values()}) == 3
+    muon = {r["seed"]: r for r in summary["runs"] if r["optimizer"] == "muon"}
+    entry = next(e for e in summary["across_seeds"] if e["optimizer"] == "muon")
+    differences = [muon[s]["final_validation_loss"] - adamw[s]["final_validation_loss"]
+                   for s in (0, 1, 2)]
+    assert entry["minus_adamw"]["values"] == pytest.approx(differences)
+    assert entry["minus_adamw"]["mean"] == pytest.approx(np.mean(differences))
+    half = 4.302653 * np.std(differences, ddof=1) / np.sqrt(3)  # t(0.975, 2)
+    assert entry["minus_adamw"]["half_width"] == pytest.approx(half, rel=1e-5)
+    markdown = (tmp_path / "transformer.md").read_text()
+    assert "over seeds" in markdown and "seeds 0, 1, 2" in markdown
+    assert f"{entry['minus_adamw']['mean']:+.4f}" in markdown
+    assert markdown == report.markdown(json.loads((tmp_path / "transformer.json").read_text()))
+    # Every finished run is on disk; a rerun trains nothing and reports the same.
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 6
+    capsys.readouterr()
+    again = transformer_cli.main(args + ["--runs", "muon_lr0.02_alr0.003", "adamw_lr0.001_seed1"])
+    assert capsys.readouterr().out.count("finished before") == 4
+    assert sorted(r["name"] for r in again["runs"]) == sorted(
+        ["adamw_lr0.001_seed1", "muon_lr0.02_alr0.003_seed0", "muon_lr0.02_alr0.003_seed1",
+         "muon_lr0.02_alr0.003_seed2"]
+    )
+    assert {r["name"]: r["final_validation_loss"] for r in again["runs"]} == {
+        r["name"]: r["final_validation_loss"] for r in summary["runs"] if r["name"] in names
+        and r["name"] in {x["name"] for x in again["runs"]}
+    }
+
+
+def test_recipe_preset_holds_the_tuned_settings_and_three_seeds():
+    preset = configs.PRESETS["recipe"]
+    runs = configs.grid(preset, preset.optimizers)
+    settings = {r.setting for r in runs}
+    assert "adamw_lr0.003_wd0.3" in settings
+    assert "fromage_adamw_lr0.02_alr0.01_pNone_wd0.3" in settings
+    assert preset.init == "lecun" and preset.seeds == (0, 1, 2)
+    assert {r.optimizer for r in runs} == {"adamw", "fromage_adamw", "fromage", "muon"}
+    # Validation on ≥ 200k bytes where the split holds that many.
+    context = gpt.gpt_config(preset.model).context_length
+    assert preset.max_eval_batches * preset.eval_batch_size * context >= 200_000
+
+
+def test_muon_orthogonalises_kernels_and_leaves_the_rest_to_adamw():
+    model = gpt.gpt_config("tiny", init="lecun")
+    params = gpt.init_gpt_params(model, jax.random.key(0))
+    grads = jax.tree.map(
+        lambda x: jax.random.normal(jax.random.key(x.size), x.shape), params
+    )
+    run = configs.RunSpec("muon", 0.02, schedule="constant", adamw_learning_rate=1e-3)
+    updates, _ = configs.make_optimizer(run, steps=10, warmup_steps=0).update(
+        grads, configs.make_optimizer(run, steps=10, warmup_steps=0).init(params), params
+    )
+    kernel = updates["block_0"]["mlp_in"]["kernel"]
+    singular = np.linalg.svd(np.asarray(kernel), compute_uv=False)
+    # Newton–Schulz maps every singular value of the momentum into about [0.7, 1.2].
+    assert singular.max() / singular.min() < 2
+    adam = optax.adam(1e-3, b2=0.99, eps=1e-8, nesterov=True)  # muon's AdamW is Nesterov's
+    expected, _ = adam.update(grads, adam.init(params), params)
+    for path in (("token_embedding", "embedding"), ("block_0", "mlp_in", "bias")):
+        got, want = updates, expected
+        for key in path:
+            got, want = got[key], want[key]
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="Muon needs matrices"):
+        from benchmarks import optimizers
+
+        optimizers.create(
+            "muon", 0.02, adam_learning_rate=1e-3, muon_mask=lambda p: jax.tree.map(lambda _: True, p)
+        ).init({"w": np.ones((2, 2, 2, 2))})

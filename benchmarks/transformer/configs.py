@@ -12,13 +12,14 @@ import optax
 import fromage_optax
 from benchmarks import optimizers
 
-OPTIMIZER_NAMES = ("fromage", "adamw", "sgd", "optax_fromage", "fromage_adamw")
+OPTIMIZER_NAMES = ("fromage", "adamw", "sgd", "optax_fromage", "fromage_adamw", "muon")
 LABELS = {
     "fromage": "fromage_optax.fromage",
     "adamw": "optax.adamw",
     "sgd": "optax.sgd (momentum 0.9)",
     "optax_fromage": "optax.fromage",
     "fromage_adamw": "fromage_optax.fromage_with_adamw",
+    "muon": "optax.contrib.muon",
 }
 # Which tensors the recipe (fromage_adamw) gives Fromage; AdamW updates the rest.
 RECIPE_SELECTIONS = ("kernels", "matrices")
@@ -42,7 +43,9 @@ class Config:
       steps: optimiser steps of every run.
       batch_size: sequences per step.
       eval_interval: steps between evaluations (there is one at step 0 and at the end).
-      max_eval_batches: cap on evaluation batches per split (windows are spread evenly).
+      max_eval_batches: cap on the validation split's evaluation batches (windows
+        are spread evenly; the whole split when it holds fewer).
+      max_train_eval_batches: the same cap for the training split's evaluation.
       eval_batch_size: sequences per evaluation batch.
       warmup_steps: linear warm-up of the AdamW and SGD schedules.
       fromage_learning_rates, fromage_p_bounds, adamw_learning_rates,
@@ -58,7 +61,12 @@ class Config:
         or per output "neuron"; Fromage on the "kernels" of the blocks, or on
         every "matrices" including the embeddings; AdamW's decoupled weight decay
         on the embeddings it updates).
+      muon_learning_rates, muon_adam_learning_rates: the grid of optax.contrib.muon
+        (Muon's peak lr on the blocks' kernels, AdamW's on the rest; both warm-up + cosine).
       optimizers: which of `OPTIMIZER_NAMES` run.
+      seeds: every run of the grid runs once per seed (init and batches).
+      corpus: the shipped text when neither --data nor --data-dir is given
+        ("pydoc" or "docstrings", `benchmarks.text_data.CORPORA`).
       scan_layers, dtype, init: override the model preset's (None: keep it).
       data, data_dir: a UTF-8 text file (split 90/10), or a WikiText-2 folder;
         neither: the text Python ships.
@@ -113,10 +121,18 @@ class Config:
         default=("kernels",), metadata={"choices": RECIPE_SELECTIONS}
     )
     recipe_weight_decays: tuple[float, ...] = (0.0,)
+    muon_learning_rates: tuple[float, ...] = dataclasses.field(
+        default=(0.02,), metadata=_lrs("--muon-lrs")
+    )
+    muon_adam_learning_rates: tuple[float, ...] = dataclasses.field(
+        default=(3e-3,), metadata=_lrs("--muon-adam-lrs")
+    )
     optimizers: tuple[str, ...] = dataclasses.field(
         default=OPTIMIZER_NAMES, metadata={"choices": OPTIMIZER_NAMES}
     )
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)
+    corpus: str = dataclasses.field(default="pydoc", metadata={"choices": ("pydoc", "docstrings")})
+    max_train_eval_batches: int = 5
     scan_layers: bool | None = dataclasses.field(
         default=None, metadata={"help": "stack the blocks with nn.scan, per-layer layer_axes"}
     )
@@ -137,6 +153,21 @@ class Config:
     def __post_init__(self):
         if self.data is not None and self.data_dir is not None:
             raise ValueError("--data and --data-dir are exclusive: give one")
+        if not self.seeds:
+            raise ValueError("--seeds needs at least one seed")
+
+    def protocol(self) -> dict:
+        """The fields a finished run's result depends on besides its own setting (a saved
+        run is reused only if they match): everything but the grids, the seeds, the
+        output folder and the checkpoint period."""
+        grid_suffixes = ("_rates", "_p_bounds", "_schedules", "_momenta", "_norms",
+                         "_selections", "_weight_decays")
+        skip = {"optimizers", "seeds", "out", "preset", "checkpoint_every"}
+        return {
+            key: value
+            for key, value in dataclasses.asdict(self).items()
+            if key not in skip and not key.endswith(grid_suffixes)
+        }
 
     def model_overrides(self) -> dict:
         """The model fields this config sets (for ``gpt.gpt_config(model, **...)``)."""
@@ -169,6 +200,31 @@ PRESETS = {
         eval_batch_size=48,
         warmup_steps=100,
     ),
+    # The README's comparison: the cpu model at LeCun init, each optimiser at the
+    # setting tuned on pydoc topics seed 0 (docs/results/transformer/), three
+    # seeds, validation on ≥ 200k bytes (or the whole split when smaller).
+    "recipe": Config(
+        model="cpu",
+        init="lecun",
+        steps=2000,
+        batch_size=12,
+        eval_interval=500,
+        max_eval_batches=70,  # 70 × 48 windows × 64 bytes = 215,040 bytes
+        eval_batch_size=48,
+        warmup_steps=100,
+        optimizers=("adamw", "fromage_adamw", "fromage", "muon"),
+        adamw_learning_rates=(3e-3,),
+        adamw_weight_decays=(0.3,),
+        recipe_learning_rates=(0.02,),
+        recipe_adamw_learning_rates=(0.01,),
+        recipe_weight_decays=(0.3,),
+        fromage_learning_rates=(0.03,),
+        fromage_p_bounds=(None,),
+        fromage_schedules=("cosine",),
+        muon_learning_rates=(0.02,),
+        muon_adam_learning_rates=(3e-3,),
+        seeds=(0, 1, 2),
+    ),
     # ≈114M parameters; for one GPU/TPU, ideally on WikiText-2 (--data-dir).
     "gpu": Config(
         model="gpu",
@@ -184,7 +240,7 @@ PRESETS = {
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-    """One training run: an optimiser at one setting."""
+    """One training run: an optimiser at one setting and seed."""
 
     optimizer: str
     learning_rate: float
@@ -195,11 +251,18 @@ class RunSpec:
     adamw_learning_rate: float | None = None  # fromage_adamw: AdamW's lr on the other tensors
     norms: str = "tensor"  # fromage_adamw: "tensor" or "neuron" (per output unit)
     selection: str = "kernels"  # fromage_adamw: see RECIPE_SELECTIONS
+    seed: int = 0
 
     @property
     def name(self) -> str:
+        """The run's name: its setting and seed (its results file and checkpoint folder)."""
+        return f"{self.setting}_seed{self.seed}"
+
+    @property
+    def setting(self) -> str:
+        """The run's name without its seed: equal for the seeds of one setting."""
         name = f"{self.optimizer}_lr{self.learning_rate:g}"
-        if self.optimizer == "fromage_adamw":
+        if self.optimizer in ("fromage_adamw", "muon"):
             name += f"_alr{self.adamw_learning_rate:g}"
         if self.optimizer in ("fromage", "fromage_adamw"):
             name += f"_p{self.p_bound:g}" if self.p_bound is not None else "_pNone"
@@ -217,7 +280,13 @@ class RunSpec:
 
 
 def grid(config: Config, names: Sequence[str]) -> list[RunSpec]:
-    """Every run of the config's grids for the optimisers `names`."""
+    """Every run of the config's grids for the optimisers `names`, at every seed of the config."""
+    return [
+        dataclasses.replace(run, seed=seed) for seed in config.seeds for run in _settings(config, names)
+    ]
+
+
+def _settings(config: Config, names: Sequence[str]) -> list[RunSpec]:
     runs = []
     for name in names:
         if name == "fromage":
@@ -259,6 +328,12 @@ def grid(config: Config, names: Sequence[str]) -> list[RunSpec]:
             runs += [RunSpec(name, lr, schedule="cosine") for lr in config.sgd_learning_rates]
         elif name == "optax_fromage":
             runs += [RunSpec(name, lr) for lr in config.optax_fromage_learning_rates]
+        elif name == "muon":
+            runs += [
+                RunSpec(name, lr, schedule="cosine", weight_decay=0.0, adamw_learning_rate=adam_lr)
+                for adam_lr in config.muon_adam_learning_rates
+                for lr in config.muon_learning_rates
+            ]
         else:
             raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZER_NAMES}")
     return runs
@@ -330,6 +405,9 @@ def make_optimizer(
     of ``run.selection`` and AdamW (β₂ = 0.99, no weight decay, no clipping) on
     the rest, both with warm-up + cosine from their own peak learning rates;
     AdamW decays (``run.weight_decay``) only the embeddings among its tensors.
+    Muon (``optax.contrib.muon``) orthogonalises the steps of the blocks' Dense
+    kernels (the recipe's Fromage leaves) and runs AdamW (β₂ = 0.99, no decay)
+    on the rest, both with warm-up + cosine from their own peaks.
     """
     if run.schedule == "cosine":
         learning_rate = optimizers.warmup_cosine(run.learning_rate, warmup_steps, steps)
@@ -348,6 +426,14 @@ def make_optimizer(
         "sgd": {"momentum": 0.9, "clip_norm": 1.0},
         "optax_fromage": {},
     }
+    if run.optimizer == "muon":
+        options["muon"] = {
+            "adam_learning_rate": optimizers.warmup_cosine(
+                run.adamw_learning_rate, warmup_steps, steps
+            ),
+            "muon_mask": recipe_mask("kernels"),
+            "adam_b2": 0.99,
+        }
     if run.optimizer == "fromage_adamw":
         options["fromage_adamw"] = {
             "adamw_learning_rate": optimizers.warmup_cosine(

@@ -4,6 +4,7 @@ tables, ``transformer.json`` and ``transformer.png``."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from benchmarks import reporting
+from benchmarks import reporting, stats
 from benchmarks.models import gpt
 from benchmarks.transformer.configs import LABELS, OPTIMIZER_NAMES, RunSpec
 
@@ -26,6 +27,8 @@ def summarise_run(run: RunSpec, history: dict, *, tokens_per_step: int) -> dict:
     final_train = float(history["train_loss"][-1])
     return {
         "name": run.name,
+        "setting": run.setting,
+        "seed": run.seed,
         "optimizer": run.optimizer,
         "label": LABELS[run.optimizer]
         + ("" if run.momentum is None else f" + trace({run.momentum:g})"),
@@ -54,6 +57,26 @@ def summarise_run(run: RunSpec, history: dict, *, tokens_per_step: int) -> dict:
         / max(history["train_time_s"], 1e-9),
         "history": history,
     }
+
+
+def run_path(out: str | Path, run: RunSpec) -> Path:
+    """Where a finished run's summary (with its history) is written."""
+    return Path(out) / "runs" / f"{run.name}.json"
+
+
+def write_run(path: Path, result: dict, protocol: dict) -> None:
+    """Writes one finished run's summary and the config's `protocol`, so a rerun can skip it."""
+    reporting.write_json(path, result | {"protocol": protocol})
+
+
+def load_finished(path: Path, protocol: dict) -> dict | None:
+    """The run `write_run` wrote at `path` if it finished under the same `protocol`, else None
+    (then it is trained again, or resumed from its checkpoint)."""
+    if not path.is_file():
+        return None
+    saved = reporting.read_json(path)
+    # Through JSON, as the saved copy went (tuples become lists).
+    return saved if saved.get("protocol") == json.loads(json.dumps(protocol)) else None
 
 
 def _perplexity(loss: float) -> float:
@@ -87,7 +110,7 @@ def best_per_optimizer(results: Sequence[dict]) -> list[dict]:
 
 def _setting(result: dict) -> str:
     setting = f"lr={result['learning_rate']:g}"
-    if result["optimizer"] == "fromage_adamw":
+    if result["optimizer"] in ("fromage_adamw", "muon"):
         setting += f", AdamW lr={result['adamw_learning_rate']:g}"
     if result["optimizer"] in ("fromage", "fromage_adamw"):
         setting += f", p_bound={result['p_bound']}"
@@ -104,12 +127,13 @@ def _setting(result: dict) -> str:
     return setting
 
 
-def table_rows(results: Sequence[dict]) -> list[dict]:
-    """One row per run for the console and README tables."""
+def table_rows(results: Sequence[dict], with_seed: bool = False) -> list[dict]:
+    """One row per run for the console and README tables (with a seed column if asked)."""
     return [
         {
             "optimizer": r["label"],
             "setting": _setting(r),
+            **({"seed": r["seed"]} if with_seed else {}),
             "best val loss": r["best_validation_loss"],
             "best val ppl": r["best_validation_perplexity"],
             "final val loss": r["final_validation_loss"],
@@ -145,6 +169,90 @@ def gap_to_adamw(best: Sequence[dict], name: str) -> float | None:
     return by_name[name]["best_validation_loss"] - by_name["adamw"]["best_validation_loss"]
 
 
+def _seeds_of(result: dict) -> int:
+    return result.get("seed", 0)
+
+
+def _setting_key(result: dict) -> str:
+    return result.get("setting", result["name"])
+
+
+def across_seeds(results: Sequence[dict]) -> list[dict]:
+    """Each setting's final validation loss over its seeds, and its paired gap to AdamW.
+
+    One entry per setting (in the runs' order): the label and setting of its
+    runs, its seeds, ``final_validation_loss`` as `stats.mean_interval`, and
+    ``minus_adamw``: the per-seed difference to the AdamW setting with the
+    lowest mean (same seeds, so same initial params and batches) as
+    `stats.paired_difference`, or None without AdamW runs.
+    """
+    by_setting: dict[str, list[dict]] = {}
+    for result in results:
+        by_setting.setdefault(_setting_key(result), []).append(result)
+    entries = []
+    for key, runs in by_setting.items():
+        runs = sorted(runs, key=_seeds_of)
+        entries.append(
+            {
+                "setting": key,
+                "optimizer": runs[0]["optimizer"],
+                "variant": variant(runs[0]),
+                "label": runs[0]["label"],
+                "description": _setting(runs[0]),
+                "seeds": [_seeds_of(r) for r in runs],
+                "final_validation_loss": stats.mean_interval(
+                    [r["final_validation_loss"] for r in runs]
+                ),
+                "per_seed": {_seeds_of(r): r["final_validation_loss"] for r in runs},
+            }
+        )
+    adamw = [e for e in entries if e["optimizer"] == "adamw"]
+    reference = min(adamw, key=lambda e: e["final_validation_loss"]["mean"]) if adamw else None
+    for entry in entries:
+        entry["minus_adamw"] = (
+            stats.paired_difference(entry["per_seed"], reference["per_seed"])
+            if reference is not None and entry is not reference
+            else None
+        )
+    return entries
+
+
+def best_across_seeds(entries: Sequence[dict]) -> list[dict]:
+    """For each optimiser (and variant), the setting of `across_seeds` with the lowest mean."""
+    best: dict[str, dict] = {}
+    for entry in entries:
+        current = best.get(entry["variant"])
+        if current is None or entry["final_validation_loss"]["mean"] < (
+            current["final_validation_loss"]["mean"]
+        ):
+            best[entry["variant"]] = entry
+    order = [v for name in OPTIMIZER_NAMES for v in (name, f"{name}+momentum")]
+    return [best[v] for v in order if v in best]
+
+
+def seed_rows(entries: Sequence[dict]) -> list[dict]:
+    """Rows of the across-seeds table: mean ± 95 % interval, and the paired gap to AdamW."""
+    return [
+        {
+            "optimizer": e["label"],
+            "setting": e["description"],
+            "seeds": len(e["seeds"]),
+            "final val loss (mean ± 95 %)": stats.format_interval(e["final_validation_loss"]),
+            "− AdamW, paired (mean ± 95 %)": (
+                "—"
+                if e["minus_adamw"] is None
+                else stats.format_interval(e["minus_adamw"], sign=True)
+            ),
+            "per seed": ", ".join(f"{v:.3f}" for v in e["final_validation_loss"]["values"]),
+        }
+        for e in entries
+    ]
+
+
+def _multi_seed(results: Sequence[dict]) -> bool:
+    return len({_seeds_of(r) for r in results}) > 1
+
+
 def print_tables(experiment, results: Sequence[dict], best: Sequence[dict]) -> None:
     config, corpus = experiment.config, experiment.corpus
     print(
@@ -152,6 +260,10 @@ def print_tables(experiment, results: Sequence[dict], best: Sequence[dict]) -> N
         f"{experiment.model.config.context_length}):"
     )
     print(reporting.format_table(table_rows(results)))
+    if _multi_seed(results):
+        print("\nEach setting over its seeds (final validation loss, nats/byte):")
+        print(reporting.format_table(seed_rows(across_seeds(results))))
+        return
     print("\nEach optimiser at its best setting:")
     print(reporting.format_table(table_rows(best)))
     print("\n" + reporting.format_markdown_table(table_rows(best)))
@@ -169,12 +281,15 @@ def markdown(saved: dict) -> str:
     """transformer.md from the saved transformer.json: every run and each optimiser's best, as
     markdown tables, and the gaps."""
     config, model, results = saved["training"], saved["model"], saved["runs"]
+    if _multi_seed(results):
+        return _multi_seed_markdown(saved)
     best = best_per_optimizer(results)
+    seed = config["seeds"][0] if "seeds" in config else config["seed"]
     lines = [
         f"# GPT `{saved['preset']}` preset on {saved['data']['name']}",
         "",
         f"{config['steps']} steps × {config['batch_size']} × {model['context_length']} bytes, "
-        f"init {model['init']}, seed {config['seed']}; losses in nats/byte. Written by "
+        f"init {model['init']}, seed {seed}; losses in nats/byte. Written by "
         "`benchmarks/transformer/report.py`.",
         "",
         "## Every run",
@@ -193,6 +308,46 @@ def markdown(saved: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _multi_seed_markdown(saved: dict) -> str:
+    config, model, results, data = saved["training"], saved["model"], saved["runs"], saved["data"]
+    entries = across_seeds(results)
+    best = best_across_seeds(entries)
+    seeds = sorted({_seeds_of(r) for r in results})
+    lines = [
+        f"# GPT `{saved['preset']}` preset on {data['name']}",
+        "",
+        f"{config['steps']} steps × {config['batch_size']} × {model['context_length']} bytes, "
+        f"init {model['init']}, seeds {', '.join(map(str, seeds))}; validation on "
+        f"{data['evaluation_bytes']:,} of the {data['validation_bytes']:,} held-out bytes "
+        "(the same windows for every run); losses in nats/byte. Intervals: 95 % t "
+        "intervals over seeds; the gap to AdamW pairs the runs of one seed (same "
+        "initial params, same batches). Written by `benchmarks/transformer/report.py`.",
+        "",
+        "## Each optimiser at its best setting, over seeds",
+        "",
+        reporting.format_markdown_table(seed_rows(best)),
+        "",
+    ]
+    for entry in best:
+        gap = entry["minus_adamw"]
+        if gap is not None:
+            lines.append(
+                f"- {entry['label']} − AdamW (paired, {gap['n']} seeds): "
+                f"{stats.format_interval(gap, digits=4, sign=True)} nats/byte"
+            )
+    lines += [
+        "",
+        "## Every setting, over seeds",
+        "",
+        reporting.format_markdown_table(seed_rows(entries)),
+        "",
+        "## Every run",
+        "",
+        reporting.format_markdown_table(table_rows(results, with_seed=True)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _plot_label(result: dict) -> str:
     """The legend entry of a run: its label and setting, or its (shorter) run name."""
     label = f"{result['label']} ({_setting(result)})"
@@ -201,6 +356,8 @@ def _plot_label(result: dict) -> str:
 
 def write_outputs(experiment, results: Sequence[dict]) -> dict:
     """Prints the tables, writes transformer.json, .md and .png; returns the summary."""
+    from benchmarks.transformer.train import evaluation_bytes
+
     config, corpus = experiment.config, experiment.corpus
     best = best_per_optimizer(results)
     print_tables(experiment, results, best)
@@ -214,6 +371,7 @@ def write_outputs(experiment, results: Sequence[dict]) -> dict:
             "name": corpus.name,
             "train_bytes": len(corpus.train),
             "validation_bytes": len(corpus.validation),
+            "evaluation_bytes": evaluation_bytes(experiment),
             "unit": "nats per byte",
         },
         "device": str(jax.devices()[0]),
@@ -224,10 +382,20 @@ def write_outputs(experiment, results: Sequence[dict]) -> dict:
         "fromage_momentum_minus_adamw_best_validation_loss": gap_to_adamw(best, "fromage+momentum"),
         "fromage_adamw_minus_adamw_best_validation_loss": gap_to_adamw(best, "fromage_adamw"),
     }
+    if _multi_seed(results):
+        summary["across_seeds"] = across_seeds(results)
     out = Path(config.out)
     reporting.write_json(out / "transformer.json", summary)
     (out / "transformer.md").write_text(markdown(reporting.read_json(out / "transformer.json")))
     series = {_plot_label(r): (r["history"]["step"], r["history"]["validation_loss"]) for r in best}
+    if _multi_seed(results):  # each best setting's mean curve over its seeds
+        series = {}
+        for entry in best_across_seeds(summary["across_seeds"]):
+            runs = [r for r in results if _setting_key(r) == entry["setting"]]
+            curves = [r["history"]["validation_loss"] for r in runs]
+            if len({len(c) for c in curves}) == 1:
+                label = f"{entry['label']} (mean of {len(runs)} seeds)"
+                series[label] = (runs[0]["history"]["step"], np.mean(curves, axis=0).tolist())
     reporting.line_plot(
         out / "transformer.png",
         series,

@@ -69,6 +69,7 @@ class Experiment(NamedTuple):
 
     config: Config
     model: gpt.GPT
+    seed: int  # of the initial params and the training batches
     initial_params: Any
     corpus: text_data.TextCorpus
     evaluation_batches: dict  # split -> list of (inputs, targets)
@@ -81,25 +82,40 @@ class Experiment(NamedTuple):
         return float(sum(total for total, _ in totals) / sum(count for _, count in totals))
 
 
-def setup(config: Config) -> Experiment:
-    """The model, its initial params, the corpus and the evaluation windows of `config`."""
+def setup(config: Config, seed: int | None = None) -> Experiment:
+    """The model, its initial params at `seed` (default: the config's first), the corpus and
+    the evaluation windows of `config` (the same windows at every seed)."""
+    seed = config.seeds[0] if seed is None else seed
     model_config = gpt.gpt_config(config.model, **config.model_overrides())
-    corpus = text_data.load_corpus(config.data, config.data_dir)
+    corpus = text_data.load_corpus(config.data, config.data_dir, config.corpus)
     context = model_config.context_length
+    caps = {"train": config.max_train_eval_batches, "validation": config.max_eval_batches}
     batches = {
-        split: text_data.evaluation_batches(
-            tokens, config.eval_batch_size, context, config.max_eval_batches
-        )
+        split: text_data.evaluation_batches(tokens, config.eval_batch_size, context, caps[split])
         for split, tokens in (("train", corpus.train), ("validation", corpus.validation))
     }
     return Experiment(
         config=config,
         model=gpt.GPT(model_config),
-        initial_params=gpt.init_gpt_params(model_config, jax.random.key(config.seed)),
+        seed=seed,
+        initial_params=gpt.init_gpt_params(model_config, jax.random.key(seed)),
         corpus=corpus,
         evaluation_batches=batches,
         layer_axes=gpt.gpt_layer_axes if model_config.scan_layers else None,
     )
+
+
+def at_seed(experiment: Experiment, seed: int) -> Experiment:
+    """`experiment` with the initial params of `seed` (corpus and windows shared)."""
+    if seed == experiment.seed:
+        return experiment
+    params = gpt.init_gpt_params(experiment.model.config, jax.random.key(seed))
+    return experiment._replace(seed=seed, initial_params=params)
+
+
+def evaluation_bytes(experiment: Experiment, split: str = "validation") -> int:
+    """How many target bytes an evaluation of `split` scores."""
+    return sum(targets.size for _, targets in experiment.evaluation_batches[split])
 
 
 def batch_at_step(tokens: np.ndarray, step: int, seed: int, batch_size: int, context: int):
@@ -263,7 +279,7 @@ def _steps(experiment: Experiment, state, history, first_step, checkpointer, sta
     train_started = time.perf_counter()
     for step in range(first_step, config.steps if not diverged else first_step):
         batch = batch_at_step(
-            experiment.corpus.train, step, config.seed, config.batch_size, context
+            experiment.corpus.train, step, experiment.seed, config.batch_size, context
         )
         step_started = time.perf_counter()
         state, metrics = jitted_train_step(state, batch)
@@ -291,6 +307,8 @@ def _steps(experiment: Experiment, state, history, first_step, checkpointer, sta
             if evaluate:
                 record(experiment, history, done, state.params, interval_metrics)
                 interval_metrics = []
+                bar.set_postfix(loss=f"{float(metrics['loss']):.3f}",
+                                val=f"{history['validation_loss'][-1]:.4f}")
             if checkpoint:
                 save(done)
             train_started = time.perf_counter()
