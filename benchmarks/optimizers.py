@@ -6,6 +6,7 @@ gradient clipping) is passed as options, so the same name always means the
 same optax function::
 
   create("fromage", 0.01)                              # fromage_optax.fromage(0.01)
+  create("fromage_chain", 0.01)                        # the same from the building blocks
   create("adam", 1e-4, b1=0.0)                         # optax.adam(1e-4, b1=0.0)
   create("sgd", 0.1, momentum=0.9, clip_norm=1.0)      # clip_by_global_norm(1), then SGD
   create("fromage_adamw", 0.03, adamw_learning_rate=3e-3)  # Fromage on kernels, AdamW on the rest
@@ -64,6 +65,24 @@ def fromage(learning_rate, *, p_bound=None, layer_axes=None, momentum=None):
     return optimizer
 
 
+def fromage_chain(learning_rate, *, p_bound=None, layer_axes=None):
+    """Fromage from the library's building blocks, the chain ``fromage`` fuses::
+
+      chain(scale_by_fromage(), optax.scale_by_learning_rate(lr), control_weight_norm(lr),
+            [bound_weight_norm(p_bound)])
+
+    The same step as ``fromage(lr, p_bound)`` up to float rounding.
+    """
+    blocks = [
+        fromage_optax.scale_by_fromage(layer_axes=layer_axes),
+        optax.scale_by_learning_rate(learning_rate),
+        fromage_optax.control_weight_norm(learning_rate),
+    ]
+    if p_bound is not None:
+        blocks.append(fromage_optax.bound_weight_norm(p_bound, layer_axes=layer_axes))
+    return optax.chain(*blocks)
+
+
 def fromage_adamw(
     learning_rate,
     *,
@@ -98,7 +117,7 @@ def muon(
     adam_b2=0.999,
     adam_weight_decay=0.0,
 ):
-    """``optax.contrib.muon`` as its authors set it up: Muon on the hidden matrices, AdamW elsewhere.
+    """``optax.contrib.muon`` as its authors set it up: Muon on hidden matrices, AdamW elsewhere.
 
     `muon_mask` (a function of the params) selects the leaves Muon updates
     (the blocks' Dense kernels; a stacked ``[layers, in, out]`` kernel is
@@ -144,6 +163,7 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "adamw": adamw,
     "lars": lars,
     "fromage": fromage,
+    "fromage_chain": fromage_chain,
     "fromage_adamw": fromage_adamw,
     "optax_fromage": optax_fromage,
     "muon": muon,
@@ -154,6 +174,7 @@ LABELS = {
     "adamw": "optax.adamw",
     "lars": "optax.lars",
     "fromage": "fromage_optax.fromage",
+    "fromage_chain": "fromage_optax building blocks (chain)",
     "fromage_adamw": "fromage_optax.fromage_with_adamw",
     "optax_fromage": "optax.fromage",
     "muon": "optax.contrib.muon",

@@ -65,3 +65,22 @@ def test_make_optimizer_monitors_and_injects():
     assert optimizers.relative_trust(plain.init(PARAMS)) == {}
     with pytest.raises(ValueError, match="Unknown optimizer 'lamb'"):
         optimizers.create("lamb", 0.1)
+
+
+@pytest.mark.parametrize("p_bound", [None, 2.0])
+def test_fromage_chain_is_the_fused_step_up_to_rounding(p_bound):
+    chain = optimizers.create("fromage_chain", 0.1, p_bound=p_bound)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        _updates(chain),
+        _updates(fromage_optax.fromage(0.1, p_bound=p_bound)),
+    )
+    # Its learning rate can live in the state, as every experiment's step needs.
+    injectable = optimizers.make_optimizer("fromage_chain", 0.1, injectable=True, monitor=False)
+    state = optimizers.with_learning_rate(injectable.init(PARAMS), 0.05)
+    updates, _ = jax.jit(injectable.update)(GRADS, state, PARAMS)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        updates,
+        _updates(fromage_optax.fromage(0.05)),
+    )
