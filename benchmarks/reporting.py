@@ -110,8 +110,14 @@ def line_plot(
     ylabel: str,
     title: str = "",
     logy: bool = False,
+    bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+    levels: Mapping[str, float] | None = None,
 ) -> Path:
-    """Writes a PNG with one line per named (x, y) series."""
+    """Writes a PNG with one line per named (x, y) series.
+
+    `bands` shades (low, high) around the series of the same name (e.g. a 95 %
+    interval over seeds); `levels` draws named horizontal dashed lines (e.g. a floor).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,7 +127,12 @@ def line_plot(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for name, (x, y) in series.items():
-        ax.plot(x, y, marker="o" if len(x) <= 30 else None, markersize=3, label=name)
+        (line,) = ax.plot(x, y, marker="o" if len(x) <= 30 else None, markersize=3, label=name)
+        if bands and name in bands:
+            low, high = (np.asarray(v, np.float64) for v in bands[name])
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    for name, level in (levels or {}).items():
+        ax.axhline(level, color="0.3", linestyle="--", linewidth=1, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:
@@ -131,6 +142,34 @@ def line_plot(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_image_grid(path: str | os.PathLike, grid: np.ndarray, title: str) -> Path:
+    """PNG of `grid` (rows, columns, side, side) of images in [−1, 1], grey, rows numbered."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    num_rows, count, side, _ = grid.shape
+    canvas = -np.ones((num_rows * (side + 1) - 1, count * (side + 1) - 1))
+    for row in range(num_rows):
+        for column in range(count):
+            top, left = row * (side + 1), column * (side + 1)
+            canvas[top : top + side, left : left + side] = grid[row, column]
+    canvas = np.nan_to_num(canvas, nan=1.0)
+    fig, ax = plt.subplots(figsize=(count * 0.45 + 0.6, num_rows * 0.45 + 0.6), dpi=100)
+    ax.imshow(canvas, cmap="gray_r", vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_yticks([r * (side + 1) + side / 2 for r in range(num_rows)])
+    ax.set_yticklabels(range(num_rows), fontsize=7)
+    ax.set_xticks([])
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path
