@@ -1,95 +1,149 @@
 """Command line of the GAN experiment: ``python -m benchmarks.gan --preset cpu``.
 
 Every field of `benchmarks.gan.configs.Config` is a flag (``--optimizers
-fromage,adam``, ``--steps 2000``, ...) that overrides the preset's value.
+fromage,adam``, ``--steps 2000``, ...) that overrides the preset's value;
+``--report-only`` trains nothing and rebuilds gan.json, gan.md and the plots from
+the finished runs in ``--out``. Rerunning a command skips its finished runs and
+resumes an interrupted piece from its checkpoint; ``--stop-after-seconds`` or
+SIGTERM (``kill PID``) stop it early.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
+import signal
 import time
 
 import jax
 
 from benchmarks import cli, reporting
 from benchmarks import data as data_lib
-from benchmarks.gan import configs
-from benchmarks.gan.report import best_learning_rate, write_outputs
-from benchmarks.gan.train import Scorer, Trainer, train_models
+from benchmarks.gan import configs, report
+from benchmarks.gan import runs as runs_lib
+from benchmarks.gan.train import Scorer, Trainer, train_piece
 
 
-def parse_args(argv=None) -> configs.Config:
-    """The preset (default "quick") with the command line's flags applied."""
+def _parser() -> argparse.ArgumentParser:
     import benchmarks.gan
 
     parser = cli.preset_parser(
         "benchmarks.gan", benchmarks.gan.__doc__, configs.PRESETS, default="quick"
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: rebuild gan.json, gan.md and the plots from --out/runs/",
+    )
+    return parser
+
+
+def parse_args(argv=None) -> configs.Config:
+    """The preset (default "quick") with the command line's flags applied."""
+    parser = _parser()
     return cli.config_from_args(parser, parser.parse_args(argv), configs.PRESETS)
 
 
-def _announce(config: configs.Config, dataset, trainer: Trainer, scorer: Scorer, info) -> None:
+def _announce(config: configs.Config, dataset, scorer: Scorer, info) -> None:
     classifier = scorer.classifier_info
     print(
-        f"class-conditional GAN on {dataset.name} ({trainer.num_train} train images), "
-        f"{config.steps} steps of batch {config.batch_size}, lr/10 after "
-        f"{config.lr_decay_at:.0%}, optimizers {list(config.optimizers)}, seeds "
-        f"{list(config.seeds)}; feature classifier test accuracy "
-        f"{classifier['test_accuracy']:.3f}{' (cached)' if classifier['cached'] else ''}, "
-        f"real train vs test Fréchet distance {scorer.real_test_frechet_distance:.3g}; "
+        f"class-conditional {config.model} GAN on {dataset.name} ({len(dataset.train_images)} "
+        f"train, {len(dataset.test_images)} held-out images), {config.steps} steps of batch "
+        f"{config.batch_size}, lr/10 after {config.lr_decay_at:.0%}, optimizers "
+        f"{list(config.optimizers)}, variants {list(config.variants)}, grid seed "
+        f"{config.grid_seed}, seeds {list(config.seeds)}; feature classifier held-out accuracy "
+        f"{classifier['test_accuracy']:.3f}{' (cached)' if classifier['cached'] else ''}; "
+        f"floor (training vs held-out images) {scorer.floor['frechet_distance']:.3f}; "
         f"{info['platform']}",
         flush=True,
     )
 
 
-def run_optimizer(config, trainer, scorer, name: str, bar) -> list[dict]:
-    """The grid phase of optimiser `name`, then its seeds at the grid's best rate."""
+def _next_piece(config: configs.Config) -> runs_lib.Piece | None:
+    """The first piece of the plan with unfinished runs, narrowed to those runs."""
+    for piece in runs_lib.plan(config):
+        todo = tuple(r for r in piece.runs if runs_lib.load_finished(config, r) is None)
+        if todo:
+            return runs_lib.Piece(piece.optimizer, piece.phase, todo)
+    return None
 
-    def on_chunk(means):
-        bar.update()
-        bar.set_postfix_str(
-            f"{name} D {means['discriminator_loss']:.3f} G {means['generator_loss']:.3f}"
-        )
 
-    seeds = tuple(config.seeds)
-    grid = configs.learning_rate_grid(name, config.lr_factors)
-    runs = train_models(
-        trainer, scorer, name, grid, [seeds[0]] * len(grid), phase="grid", on_chunk=on_chunk
-    )
-    best = best_learning_rate(runs)
-    return runs + train_models(
-        trainer, scorer, name, [best] * len(seeds), seeds, phase="seeds", on_chunk=on_chunk
+def train_all(config: configs.Config, trainer: Trainer, scorer: Scorer, should_stop) -> None:
+    """Trains every unfinished piece of the plan in turn (the seeds of an optimiser once its
+    grid finished), writing each run's JSON as it finishes; returns when all are finished or
+    a piece stopped early."""
+    while (piece := _next_piece(config)) is not None:
+        with reporting.progress(total=len(piece.runs) * config.steps, desc=piece.name) as bar:
+            results = train_piece(
+                trainer,
+                scorer,
+                piece,
+                should_stop=should_stop,
+                on_chunk=functools.partial(_advance, bar, config.eval_every),
+            )
+        if results is None:
+            print(f"{piece.name}: stopped; rerun to resume from its last score", flush=True)
+            return
+        for run, result in zip(piece.runs, results, strict=True):
+            runs_lib.save_finished(config, run, result)
+        runs_lib.remove_checkpoints(config, piece)
+        for run, result in zip(piece.runs, results, strict=True):
+            print(
+                f"{run.name}: held-out Fréchet distance {result['frechet_distance']:.3f}, "
+                f"accuracy on generated {result['generated_accuracy']:.3f}; "
+                f"{result['train_seconds'] + result['score_seconds']:.0f} s "
+                f"(+{result['compile_seconds']:.0f} s compile for the piece)",
+                flush=True,
+            )
+
+
+def _advance(bar, steps: int, models: int) -> None:
+    bar.update(models * steps)
+
+
+def _stopper(config: configs.Config):
+    """(should_stop, restore): stop after ``stop_after_seconds`` or on SIGTERM."""
+    deadline = float("inf")
+    if config.stop_after_seconds is not None:
+        deadline = time.time() + config.stop_after_seconds
+    terminated = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: terminated.append(True))
+    return (
+        lambda: bool(terminated) or time.time() >= deadline,
+        lambda: signal.signal(signal.SIGTERM, previous),
     )
 
 
 def main(argv=None) -> dict:
-    config = parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    config = cli.config_from_args(parser, args, configs.PRESETS)
     dataset = data_lib.load_dataset(config.dataset, data_dir=config.data_dir)
     start = time.perf_counter()
-    scorer = Scorer(config, dataset)
     trainer = Trainer(config, dataset)
+    scorer = Scorer(config, dataset, trainer.generator)
     info = {
         "classifier": scorer.classifier_info,
-        "real_test_frechet_distance": scorer.real_test_frechet_distance,
+        "held_out_floor": scorer.floor,
         "lr_decay_step": configs.learning_rate_decay_step(config),
         "platform": jax.devices()[0].platform,
     }
-    _announce(config, dataset, trainer, scorer, info)
-    chunks = config.steps // config.eval_every
-    bar = reporting.progress(total=2 * len(config.optimizers) * chunks, desc="GAN")
-    runs: list[dict] = []
-    for name in config.optimizers:
-        runs += run_optimizer(config, trainer, scorer, name, bar)
-        # Rewritten after every optimiser, so an interrupted run keeps what it finished.
-        write_outputs(config, info, runs, finished=False)
-    bar.close()
-    info["total_seconds"] = time.perf_counter() - start
-    result = write_outputs(config, info, runs, finished=True)
+    _announce(config, dataset, scorer, info)
+    if not args.report_only:
+        should_stop, restore = _stopper(config)
+        try:
+            train_all(config, trainer, scorer, should_stop)
+        finally:
+            restore()
+    result = report.write_outputs(config, info)
     print(reporting.format_table(result["rows"]))
-    if result["fromage_versus_adam"] is not None:
-        print(f"Fromage vs Adam: {result['fromage_versus_adam']}")
+    for key in ("fromage_versus_adam", "robustness"):
+        if result[key] is not None:
+            print(result[key]["sentence"])
+    status = "finished" if result["finished"] else f"{len(result['missing_runs'])} runs to go"
     print(
-        f"total {info['total_seconds']:.0f} s; wrote gan.json, gan.md, gan.png, gan_accuracy.png, "
-        f"samples_*.png to {config.out}"
+        f"{status}; {time.perf_counter() - start:.0f} s; wrote gan.json, gan.md, gan.png, "
+        f"gan_accuracy.png, samples_*.png and runs/ to {config.out}"
     )
     return result
 

@@ -6,10 +6,12 @@
   hidden layers give features φ(x); the score is ``w·φ(x) + b + embed(y)·φ(x)``,
   so the label enters through an inner product with the features.
 
-Both networks are MLPs on flat images: the benchmark's images are 8×8 digits on
-CPUs and 28×28 MNIST on accelerators, where MLPs train well and quickly. No
-batch normalisation, so a model is just its params (easy to vmap over seeds and
-learning rates). The hinge loss and the train step are in `benchmarks.gan.step`.
+Both networks are MLPs on flat images, without normalisation, so a model is
+just its params. They were the GAN benchmark's models on 8×8 digits before the
+convolutional, spectrally normalised networks of `benchmarks.models.cgan` (the
+authors' kind of GAN) replaced them in every preset; ``--model mlp`` still
+trains them, a cheap second architecture. The hinge loss and the train step are
+in `benchmarks.gan.step`.
 
 References:
   Miyato & Koyama, "cGANs with Projection Discriminator", ICLR 2018.
@@ -39,8 +41,10 @@ class Generator(nn.Module):
     embedding_size: int = 16
 
     @nn.compact
-    def __call__(self, latents, labels):
-        """Images in [−1, 1], (batch, num_pixels), for `latents` (batch, d) and int `labels`."""
+    def __call__(self, latents, labels, train: bool = False):
+        """Images in [−1, 1], (batch, num_pixels), for `latents` (batch, d) and int `labels`
+        (`train` is accepted for the convolutional models' signature; nothing depends on it)."""
+        del train
         embedded = nn.Embed(self.num_classes, self.embedding_size)(labels)
         x = jnp.concatenate([latents, embedded], axis=-1)
         for width in self.hidden_sizes:
@@ -61,8 +65,9 @@ class Discriminator(nn.Module):
     num_classes: int
 
     @nn.compact
-    def __call__(self, images, labels):
+    def __call__(self, images, labels, train: bool = False):
         """Real-valued scores (batch,) of `images` (batch, num_pixels) labelled `labels`."""
+        del train
         features = images.reshape(images.shape[0], -1)
         for width in self.hidden_sizes:
             features = nn.leaky_relu(nn.Dense(width)(features), negative_slope=0.2)
