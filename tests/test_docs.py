@@ -185,6 +185,8 @@ _SMOKE = {
         "0",
         "--lr-factors",
         "1",
+        "--eval-samples-per-class",
+        "10",
     ],  # fmt: skip
     "benchmarks.step_speed": [
         "--repeats",
@@ -219,6 +221,8 @@ _SMOKE_PRESET = {
         "none",
     ],  # fmt: skip
     ("benchmarks.step_speed", "cpu"): [],
+    # One of Fromage's two robustness variants (each compiles a step of its own).
+    ("benchmarks.gan", "cpu"): ["--variants", "fromage_chain"],
 }
 _SKIP = {
     "benchmarks.multihost": "several processes: tests/test_multihost.py runs the launcher",
