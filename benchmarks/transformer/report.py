@@ -331,9 +331,15 @@ def _multi_seed_markdown(saved: dict) -> str:
     for entry in best:
         gap = entry["minus_adamw"]
         if gap is not None:
+            finding = {
+                "lower": "lower than AdamW's",
+                "higher": "higher than AdamW's",
+                "inside the noise": "not distinguishable from AdamW's at 95 %",
+            }[stats.verdict(gap)]
             lines.append(
                 f"- {entry['label']} − AdamW (paired, {gap['n']} seeds): "
-                f"{stats.format_interval(gap, digits=4, sign=True)} nats/byte"
+                f"{stats.format_interval(gap, digits=4, sign=True)} nats/byte: its final "
+                f"validation loss is {finding}"
             )
     lines += [
         "",

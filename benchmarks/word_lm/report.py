@@ -140,6 +140,7 @@ def paired_rows(results: Sequence[dict], best: Sequence[dict], seeds: Sequence[i
                 )
                 row["seeds"] = ",".join(map(str, paired["seeds"]))
                 row[column] = stats.format_interval(paired, digits=1, sign=True)
+                row[f"{column}: first is"] = stats.verdict(paired)
             rows.append(row)
     return rows
 
