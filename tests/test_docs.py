@@ -173,6 +173,10 @@ _SMOKE = {
         "2",
         "--max-eval-batches",
         "1",
+        "--max-train-eval-batches",
+        "1",
+        "--seeds",
+        "0",
     ],  # fmt: skip
     "benchmarks.gan": [
         "--steps",
