@@ -15,7 +15,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import comparison, reporting
+from benchmarks import comparison, reporting, stats
 from benchmarks.depth import report as depth_report
 from benchmarks.depth import signal
 from benchmarks.gan import report as gan_report
@@ -33,12 +33,14 @@ _WRITERS: dict[str, Callable[[dict], str]] = {
     "depth/paper_schedule/depth.json": depth_report.markdown,
     "depth/long/depth.json": depth_report.markdown,
     "depth/signal/signal.json": signal.markdown,
-    "word_lm/word_lm.json": word_lm_report.markdown,
+    "word_lm/pydoc/word_lm.json": word_lm_report.markdown,
+    "word_lm/docstrings/word_lm.json": word_lm_report.markdown,
     "transformer/transformer.json": transformer_report.markdown,
     "transformer/lecun_init/transformer.json": transformer_report.markdown,
     "transformer/recipe/transformer.json": transformer_report.markdown,
     "transformer/recipe/seed1/transformer.json": transformer_report.markdown,
     "transformer/recipe/gpt2_init/transformer.json": transformer_report.markdown,
+    "transformer/recipe_pydoc/transformer.json": transformer_report.markdown,
     "gan/gan.json": gan_report.markdown,
     "gan/fromage_low_lr/gan.json": gan_report.markdown,
     "step_speed/step_speed.json": step_speed_report.markdown,
@@ -94,20 +96,34 @@ def _seed_count(saved: dict) -> int:
                for key, cell in row.items() if "/" in str(cell) and ":" in str(cell))  # fmt: skip
 
 
+CORPORA = {"pydoc": "pydoc topics", "docstrings": "stdlib docstrings"}
+
+
 def _word_lm_row(results: Path) -> dict:
-    name = "word_lm/word_lm.json"
-    rows = {r["optimizer"]: r for r in _load(results, name)["seed_rows"]}
-    fromage, adam = rows["fromage_optax.fromage"], rows["optax.adam"]
-    sgd = rows["optax.sgd (clip 0.25)"]
+    names = [f"word_lm/{corpus}/word_lm.json" for corpus in CORPORA]
+    parts, seeds = [], set()
+    for (corpus, title), name in zip(CORPORA.items(), names):
+        saved = _load(results, name)
+        rows = {r["optimizer"]: r for r in saved["seed_rows"]}
+        pairs = {r["difference"]: r for r in saved["paired_rows"]}
+        seeds.update(r["seeds"] for r in saved["seed_rows"])
+        fromage = rows["fromage_optax.fromage"]
+        paired = ", ".join(
+            f"− {label} {pairs[f'fromage − {other}']['best val ppl']} "
+            f"({pairs[f'fromage − {other}']['best val ppl: first is']})"
+            for other, label in (("sgd", "SGD"), ("adam", "Adam"))
+        )
+        parts.append(
+            f"{title}: Fromage {fromage['best val ppl']} (SGD "
+            f"{rows['optax.sgd (clip 0.25)']['best val ppl']}, Adam "
+            f"{rows['optax.adam']['best val ppl']}); paired Fromage {paired}"
+        )
     return {
         "experiment": "[Word-level transformer LM](docs/experiments/word_lm.md)",
-        "claim": "Fromage (p_bound 1) is competitive with SGD and Adam",
-        "measured": (
-            f"best val ppl {fromage['best val ppl']} (SGD {sgd['best val ppl']}, "
-            f"Adam {adam['best val ppl']})"
-        ),
-        "runs": f"mean ± std, seeds {fromage['seeds'].replace(',', ', ')}",
-        "JSON": name,
+        "claim": "Fromage (p_bound 1) against SGD and Adam: best validation perplexity (lower wins)",
+        "measured": "; ".join(parts),
+        "runs": f"mean ± 95 % t interval, seeds {' / '.join(sorted(seeds))}, per corpus",
+        "JSON": ", ".join(names),
     }
 
 
