@@ -103,7 +103,7 @@ CORPORA = {"pydoc": "pydoc topics", "docstrings": "stdlib docstrings"}
 def _word_lm_row(results: Path) -> dict:
     names = [f"word_lm/{corpus}/word_lm.json" for corpus in CORPORA]
     parts, seeds = [], set()
-    for (corpus, title), name in zip(CORPORA.items(), names):
+    for title, name in zip(CORPORA.values(), names):
         saved = _load(results, name)
         rows = {r["optimizer"]: r for r in saved["seed_rows"]}
         pairs = {r["difference"]: r for r in saved["paired_rows"]}
@@ -121,7 +121,9 @@ def _word_lm_row(results: Path) -> dict:
         )
     return {
         "experiment": "[Word-level transformer LM](docs/experiments/word_lm.md)",
-        "claim": "Fromage (p_bound 1) against SGD and Adam: best validation perplexity (lower wins)",
+        "claim": (
+            "Fromage (p_bound 1) against SGD and Adam: best validation perplexity (lower wins)"
+        ),
         "measured": "; ".join(parts),
         "runs": f"mean ± 95 % t interval, seeds {' / '.join(sorted(seeds))}, per corpus",
         "JSON": ", ".join(names),
@@ -138,14 +140,13 @@ def _transformer_row(results: Path) -> dict:
         recipe, muon = by_optimizer["fromage_adamw"], by_optimizer["muon"]
 
         def gap(entry, key):
-            return (
-                f"{stats.format_interval(entry[key], sign=True)} ({stats.verdict(entry[key])})"
-            )
+            return f"{stats.format_interval(entry[key], sign=True)} ({stats.verdict(entry[key])})"
 
         parts.append(
             f"{title}: recipe − AdamW {gap(recipe, 'minus_adamw')}, recipe − Muon "
             f"{gap(recipe, 'minus_muon')}, Muon − AdamW {gap(muon, 'minus_adamw')}, plain "
-            f"Fromage − AdamW {stats.format_interval(by_optimizer['fromage']['minus_adamw'], sign=True)}"
+            f"Fromage − AdamW "
+            f"{stats.format_interval(by_optimizer['fromage']['minus_adamw'], sign=True)}"
         )
     return {
         "experiment": "[GPT, byte level](docs/experiments/transformer.md)",

@@ -98,7 +98,7 @@ def muon(
     adam_b2=0.999,
     adam_weight_decay=0.0,
 ):
-    """``optax.contrib.muon`` as its authors set it up: Muon on the hidden matrices, AdamW elsewhere.
+    """``optax.contrib.muon`` as its authors set it up: Muon on hidden matrices, AdamW elsewhere.
 
     `muon_mask` (a function of the params) selects the leaves Muon updates
     (the blocks' Dense kernels; a stacked ``[layers, in, out]`` kernel is

@@ -60,9 +60,7 @@ def mean_interval(values: Sequence[float], level: float = LEVEL) -> dict:
     }
 
 
-def paired_difference(
-    a: Mapping[int, float], b: Mapping[int, float], level: float = LEVEL
-) -> dict:
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float], level: float = LEVEL) -> dict:
     """`mean_interval` of ``a[seed] − b[seed]`` over the seeds both have, with ``seeds``."""
     seeds = sorted(set(a) & set(b))
     if not seeds:
@@ -80,7 +78,7 @@ def format_interval(summary: Mapping, digits: int = 3, sign: bool = False) -> st
 
 
 def verdict(difference: Mapping) -> str:
-    """"lower", "higher" or "inside the noise": where the interval of a difference lies.
+    """ "lower", "higher" or "inside the noise": where the interval of a difference lies.
 
     "inside the noise" when the interval contains 0 or there is none (one
     seed, a diverged run): only an interval that excludes 0 decides.

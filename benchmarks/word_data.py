@@ -200,9 +200,7 @@ def load_default_word_corpus(*, train_words: int | None = None, min_count: int =
     )
 
 
-def load_docstring_word_corpus(
-    *, train_words: int | None = None, min_count: int = 1
-) -> WordCorpus:
+def load_docstring_word_corpus(*, train_words: int | None = None, min_count: int = 1) -> WordCorpus:
     """The standard library's docstrings, split by module file (`text_data.docstring_splits`)."""
     splits = text_data.docstring_splits()
     lines = [splits[split].split("\n") for split in ("train", "validation", "test")]

@@ -296,7 +296,11 @@ def test_seeds_intervals_paired_gaps_and_finished_runs_skipped(tmp_path, capsys)
     before = {r["name"]: r["final_validation_loss"] for r in summary["runs"]}
     assert {r["name"]: r["final_validation_loss"] for r in again["runs"]} == {
         name: before[name]
-        for name in ("adamw_lr0.001_seed1", "muon_lr0.02_alr0.003_seed0", "muon_lr0.02_alr0.003_seed1")
+        for name in (
+            "adamw_lr0.001_seed1",
+            "muon_lr0.02_alr0.003_seed0",
+            "muon_lr0.02_alr0.003_seed1",
+        )
     }
     # Another protocol (more steps) does not count as finished.
     capsys.readouterr()
@@ -320,9 +324,7 @@ def test_recipe_preset_holds_the_tuned_settings_and_three_seeds():
 def test_muon_orthogonalises_kernels_and_leaves_the_rest_to_adamw():
     model = gpt.gpt_config("tiny", init="lecun")
     params = gpt.init_gpt_params(model, jax.random.key(0))
-    grads = jax.tree.map(
-        lambda x: jax.random.normal(jax.random.key(x.size), x.shape), params
-    )
+    grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(x.size), x.shape), params)
     run = configs.RunSpec("muon", 0.02, schedule="constant", adamw_learning_rate=1e-3)
     updates, _ = configs.make_optimizer(run, steps=10, warmup_steps=0).update(
         grads, configs.make_optimizer(run, steps=10, warmup_steps=0).init(params), params
@@ -342,5 +344,8 @@ def test_muon_orthogonalises_kernels_and_leaves_the_rest_to_adamw():
         from benchmarks import optimizers
 
         optimizers.create(
-            "muon", 0.02, adam_learning_rate=1e-3, muon_mask=lambda p: jax.tree.map(lambda _: True, p)
+            "muon",
+            0.02,
+            adam_learning_rate=1e-3,
+            muon_mask=lambda p: jax.tree.map(lambda _: True, p),
         ).init({"w": np.ones((2, 2, 2, 2))})

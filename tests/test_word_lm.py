@@ -73,9 +73,10 @@ def test_quick_preset_end_to_end_and_rerun_skips_finished_runs(tmp_path, monkeyp
     )
     # The vocabulary keeps training words seen twice (the quick preset's min count).
     rates = saved["data"]["unknown_rates"]
-    assert 0 < rates["train"] < rates["validation"] and "`<unk>` share" in (
-        out / "word_lm.md"
-    ).read_text()
+    assert (
+        0 < rates["train"] < rates["validation"]
+        and "`<unk>` share" in (out / "word_lm.md").read_text()
+    )
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
@@ -219,7 +220,10 @@ def test_wikitext_loader_refuses_raw_files_and_says_which_it_found(tmp_path):
 
 def test_min_count_vocabulary_and_docstrings_corpus():
     assert word_data.build_vocabulary(["x", "y", "x", "z", "y", "x"], min_count=2) == (
-        "x", "y", "<eos>", "<unk>"
+        "x",
+        "y",
+        "<eos>",
+        "<unk>",
     )
     with pytest.raises(ValueError, match="min_count must be at least 1"):
         word_data.build_vocabulary(["x"], min_count=0)

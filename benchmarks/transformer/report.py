@@ -228,8 +228,9 @@ def best_across_seeds(entries: Sequence[dict]) -> list[dict]:
     best: dict[str, dict] = {}
     for entry in entries:
         current = best.get(entry["variant"])
-        if current is None or entry["final_validation_loss"]["mean"] < (
-            current["final_validation_loss"]["mean"]
+        if (
+            current is None
+            or entry["final_validation_loss"]["mean"] < (current["final_validation_loss"]["mean"])
         ):
             best[entry["variant"]] = entry
     order = [v for name in OPTIMIZER_NAMES for v in (name, f"{name}+momentum")]
