@@ -267,6 +267,7 @@ def test_seeds_intervals_paired_gaps_and_finished_runs_skipped(tmp_path, capsys)
     """--seeds runs every setting per seed; the report pairs seeds; a rerun loads finished runs."""
     args = ["--preset", "quick", "--steps", "4", "--eval-interval", "4", "--no-progress"]
     args += ["--optimizers", "adamw", "muon", "--seeds", "0", "1", "--out", str(tmp_path)]
+    args += ["--max-eval-batches", "1", "--max-train-eval-batches", "1"]
     summary = transformer_cli.main(args)
     names = sorted(r["name"] for r in summary["runs"])
     assert names == sorted(
@@ -302,10 +303,14 @@ def test_seeds_intervals_paired_gaps_and_finished_runs_skipped(tmp_path, capsys)
             "muon_lr0.02_alr0.003_seed1",
         )
     }
-    # Another protocol (more steps) does not count as finished.
-    capsys.readouterr()
-    transformer_cli.main(args[:3] + ["6"] + args[4:] + ["--runs", "adamw_lr0.001_seed0"])
-    assert "finished before" not in capsys.readouterr().out
+    # Another protocol (more steps) does not count as finished: it would train again.
+    config = dataclasses.replace(
+        configs.PRESETS["quick"], steps=4, eval_interval=4, max_eval_batches=1,
+        max_train_eval_batches=1,
+    )  # fmt: skip
+    path = tmp_path / "runs" / "adamw_lr0.001_seed0.json"
+    assert report.load_finished(path, config.protocol()) is not None
+    assert report.load_finished(path, dataclasses.replace(config, steps=6).protocol()) is None
 
 
 def test_recipe_preset_holds_the_tuned_settings_and_three_seeds():
