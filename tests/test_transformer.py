@@ -7,6 +7,7 @@ import math
 import jax
 import numpy as np
 import optax
+import optax.contrib
 import pytest
 from _reference import reference_step, relative_error
 
@@ -14,6 +15,12 @@ import fromage_optax
 from benchmarks.models import gpt
 from benchmarks.transformer import __main__ as transformer_cli
 from benchmarks.transformer import configs, report
+
+_NEEDS_MUON = pytest.mark.skipif(
+    not hasattr(optax.contrib, "MuonDimensionNumbers"),
+    reason="this optax has no optax.contrib.MuonDimensionNumbers (the version floor's may not)",
+)
+
 
 RUN_FIELDS = {
     "best_validation_loss",
@@ -263,6 +270,7 @@ def test_recipe_grid_names_and_optimizer():
 
 
 @pytest.mark.slow
+@_NEEDS_MUON
 def test_seeds_intervals_paired_gaps_and_finished_runs_skipped(tmp_path, capsys):
     """--seeds runs every setting per seed; the report pairs seeds; a rerun loads finished runs."""
     args = ["--preset", "quick", "--steps", "4", "--eval-interval", "4", "--no-progress"]
@@ -326,6 +334,7 @@ def test_recipe_preset_holds_the_tuned_settings_and_three_seeds():
     assert preset.max_eval_batches * preset.eval_batch_size * context >= 200_000
 
 
+@_NEEDS_MUON
 def test_muon_orthogonalises_kernels_and_leaves_the_rest_to_adamw():
     model = gpt.gpt_config("tiny", init="lecun")
     params = gpt.init_gpt_params(model, jax.random.key(0))
