@@ -33,12 +33,15 @@ _WRITERS: dict[str, Callable[[dict], str]] = {
     "depth/paper_schedule/depth.json": depth_report.markdown,
     "depth/long/depth.json": depth_report.markdown,
     "depth/signal/signal.json": signal.markdown,
-    "word_lm/word_lm.json": word_lm_report.markdown,
+    "word_lm/pydoc/word_lm.json": word_lm_report.markdown,
+    "word_lm/docstrings/word_lm.json": word_lm_report.markdown,
     "transformer/transformer.json": transformer_report.markdown,
     "transformer/lecun_init/transformer.json": transformer_report.markdown,
     "transformer/recipe/transformer.json": transformer_report.markdown,
-    "transformer/recipe/seed1/transformer.json": transformer_report.markdown,
     "transformer/recipe/gpt2_init/transformer.json": transformer_report.markdown,
+    "transformer/recipe_pydoc/transformer.json": transformer_report.markdown,
+    "transformer/recipe_docstrings/transformer.json": transformer_report.markdown,
+    "transformer/muon_tuning/transformer.json": transformer_report.markdown,
     "gan/gan.json": gan_report.markdown,
     "gan/fromage_low_lr/gan.json": gan_report.markdown,
     "step_speed/step_speed.json": step_speed_report.markdown,
@@ -94,33 +97,62 @@ def _seed_count(saved: dict) -> int:
                for key, cell in row.items() if "/" in str(cell) and ":" in str(cell))  # fmt: skip
 
 
+CORPORA = {"pydoc": "pydoc topics", "docstrings": "stdlib docstrings"}
+
+
 def _word_lm_row(results: Path) -> dict:
-    name = "word_lm/word_lm.json"
-    rows = {r["optimizer"]: r for r in _load(results, name)["seed_rows"]}
-    fromage, adam = rows["fromage_optax.fromage"], rows["optax.adam"]
-    sgd = rows["optax.sgd (clip 0.25)"]
+    names = [f"word_lm/{corpus}/word_lm.json" for corpus in CORPORA]
+    parts, seeds = [], set()
+    for title, name in zip(CORPORA.values(), names):
+        saved = _load(results, name)
+        rows = {r["optimizer"]: r for r in saved["seed_rows"]}
+        pairs = {r["difference"]: r for r in saved["paired_rows"]}
+        seeds.update(r["seeds"] for r in saved["seed_rows"])
+        fromage = rows["fromage_optax.fromage"]
+        paired = ", ".join(
+            f"− {label} {pairs[f'fromage − {other}']['best val ppl']} "
+            f"({pairs[f'fromage − {other}']['best val ppl: first is']})"
+            for other, label in (("sgd", "SGD"), ("adam", "Adam"))
+        )
+        parts.append(
+            f"{title}: Fromage {fromage['best val ppl']} (SGD "
+            f"{rows['optax.sgd (clip 0.25)']['best val ppl']}, Adam "
+            f"{rows['optax.adam']['best val ppl']}); paired Fromage {paired}"
+        )
     return {
         "experiment": "[Word-level transformer LM](docs/experiments/word_lm.md)",
-        "claim": "Fromage (p_bound 1) is competitive with SGD and Adam",
-        "measured": (
-            f"best val ppl {fromage['best val ppl']} (SGD {sgd['best val ppl']}, "
-            f"Adam {adam['best val ppl']})"
+        "claim": (
+            "Fromage (p_bound 1) against SGD and Adam: best validation perplexity (lower wins)"
         ),
-        "runs": f"mean ± std, seeds {fromage['seeds'].replace(',', ', ')}",
-        "JSON": name,
+        "measured": "; ".join(parts),
+        "runs": f"mean ± 95 % t interval, seeds {' / '.join(sorted(seeds))}, per corpus",
+        "JSON": ", ".join(names),
     }
 
 
 def _transformer_row(results: Path) -> dict:
-    names = ["transformer/recipe/transformer.json", "transformer/recipe/seed1/transformer.json"]
-    key = "fromage_adamw_minus_adamw_best_validation_loss"
-    gaps = [_load(results, name)[key] for name in names]
-    seeds = [_load(results, name)["training"]["seed"] for name in names]
+    names = [f"transformer/recipe_{corpus}/transformer.json" for corpus in CORPORA]
+    parts, seeds = [], set()
+    for title, name in zip(CORPORA.values(), names):
+        entries = transformer_report.best_across_seeds(_load(results, name)["across_seeds"])
+        by_optimizer = {e["optimizer"]: e for e in entries}
+        seeds.update(len(e["seeds"]) for e in entries)
+        recipe, muon = by_optimizer["fromage_adamw"], by_optimizer["muon"]
+
+        def gap(entry, key):
+            return f"{stats.format_interval(entry[key], sign=True)} ({stats.verdict(entry[key])})"
+
+        parts.append(
+            f"{title}: recipe − AdamW {gap(recipe, 'minus_adamw')}, recipe − Muon "
+            f"{gap(recipe, 'minus_muon')}, Muon − AdamW {gap(muon, 'minus_adamw')}, plain "
+            f"Fromage − AdamW "
+            f"{stats.format_interval(by_optimizer['fromage']['minus_adamw'], sign=True)}"
+        )
     return {
         "experiment": "[GPT, byte level](docs/experiments/transformer.md)",
-        "claim": "`fromage_with_adamw` comes within 0.05 nats/byte of tuned AdamW",
-        "measured": "gap " + ", ".join(f"{gap:+.3f}" for gap in gaps) + " nats/byte",
-        "runs": "seeds " + ", ".join(map(str, seeds)) + ", one each",
+        "claim": "`fromage_with_adamw` against tuned AdamW and Muon: final validation loss",
+        "measured": "; ".join(parts) + " nats/byte",
+        "runs": f"{'/'.join(map(str, sorted(seeds)))} seeds each, paired, 95 % t intervals",
         "JSON": ", ".join(names),
     }
 

@@ -12,6 +12,8 @@ Example:
   (2.0, 2.484, 3)
   >>> paired_difference({0: 1.5, 1: 2.0}, {0: 1.0, 1: 1.25, 2: 9.0})["values"]
   [0.5, 0.75]
+  >>> verdict(mean_interval([0.1, 0.2, 0.15]))
+  'higher'
 """
 
 from __future__ import annotations
@@ -58,9 +60,7 @@ def mean_interval(values: Sequence[float], level: float = LEVEL) -> dict:
     }
 
 
-def paired_difference(
-    a: Mapping[int, float], b: Mapping[int, float], level: float = LEVEL
-) -> dict:
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float], level: float = LEVEL) -> dict:
     """`mean_interval` of ``a[seed] − b[seed]`` over the seeds both have, with ``seeds``."""
     seeds = sorted(set(a) & set(b))
     if not seeds:
@@ -75,3 +75,15 @@ def format_interval(summary: Mapping, digits: int = 3, sign: bool = False) -> st
     if math.isfinite(summary["half_width"]):
         text += f" ± {summary['half_width']:.{digits}f}"
     return text
+
+
+def verdict(difference: Mapping) -> str:
+    """ "lower", "higher" or "inside the noise": where the interval of a difference lies.
+
+    "inside the noise" when the interval contains 0 or there is none (one
+    seed, a diverged run): only an interval that excludes 0 decides.
+    """
+    low, high = difference["low"], difference["high"]
+    if not (math.isfinite(low) and math.isfinite(high)) or low <= 0 <= high:
+        return "inside the noise"
+    return "lower" if high < 0 else "higher"

@@ -137,8 +137,18 @@ def load_default_corpus(validation_fraction: float = 0.1) -> TextCorpus:
 # Folders of the standard library whose docstrings are not prose about the
 # library (tests, IDLE, the pydoc topics of the other corpus, vendored code).
 _DOCSTRING_SKIP = frozenset(
-    {"test", "tests", "idlelib", "pydoc_data", "site-packages", "dist-packages", "lib2to3",
-     "turtledemo", "ensurepip", "__pycache__"}
+    {
+        "test",
+        "tests",
+        "idlelib",
+        "pydoc_data",
+        "site-packages",
+        "dist-packages",
+        "lib2to3",
+        "turtledemo",
+        "ensurepip",
+        "__pycache__",
+    }
 )
 
 
@@ -194,9 +204,7 @@ def docstring_splits() -> dict[str, str]:
 def load_docstring_corpus() -> TextCorpus:
     """The standard library's docstrings (`docstring_splits`) as bytes."""
     splits = {split: encode(text) for split, text in docstring_splits().items()}
-    return TextCorpus(
-        "stdlib docstrings", splits["train"], splits["validation"], splits["test"]
-    )
+    return TextCorpus("stdlib docstrings", splits["train"], splits["validation"], splits["test"])
 
 
 # The corpora every CPython ships, by the name --corpus takes.

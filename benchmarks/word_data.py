@@ -2,15 +2,20 @@
 
 Text is split into words on whitespace, every line ending in ``<eos>`` (an
 empty line is a lone ``<eos>``), as the example's ``data.py`` does. The
-vocabulary is the training words in order of first appearance plus ``<unk>``
-and ``<eos>``; a validation or test word outside it becomes ``<unk>``
-(WikiText-2's files already hold ``<unk>`` for rare words, so there it changes
-nothing). Three sources, none downloaded at run time:
+vocabulary is built from the training words, as WikiText's was: the words
+seen at least ``min_count`` times, in order of first appearance, plus
+``<unk>`` and ``<eos>``; any other word of any split becomes ``<unk>``
+(WikiText-2's files already hold ``<unk>`` for the words it dropped, so
+``min_count=1`` keeps them as they are). `unknown_rates` gives each split's
+``<unk>`` share. Four sources, none downloaded at run time:
 
-* ``load_word_wikitext(data_dir)``: ``wiki.{train,valid,test}.tokens`` (WikiText-2).
+* ``load_word_wikitext(data_dir)``: ``wiki.{train,valid,test}.tokens`` (WikiText-2;
+  the raw ``.raw`` files are refused, since the word LM needs the tokenised ones).
 * ``load_word_text_file(path)``: any UTF-8 text file, split 80/10/10 in contiguous blocks.
 * ``load_default_word_corpus()``: the text of Python's documentation topics
   (``pydoc_data.topics``, ≈77,000 words), split 80/10/10 in contiguous blocks.
+* ``load_docstring_word_corpus()``: the standard library's docstrings, split by
+  module (`benchmarks.text_data.docstring_splits`).
 
 `batchify` cuts a token stream into ``batch_size`` columns and `bptt_windows`
 walks down them ``bptt`` rows at a time, as the example trains and evaluates.
@@ -28,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -61,9 +67,13 @@ def line_words(lines: Iterable[str]) -> list[str]:
     return [word for line in lines for word in (*line.split(), EOS)]
 
 
-def build_vocabulary(words: Iterable[str]) -> tuple[str, ...]:
-    """The distinct `words` in order of first appearance, then ``<eos>`` and ``<unk>`` if absent."""
-    vocabulary = dict.fromkeys(words)
+def build_vocabulary(words: Iterable[str], min_count: int = 1) -> tuple[str, ...]:
+    """The `words` seen at least `min_count` times, in order of first appearance, then
+    ``<eos>`` and ``<unk>`` if absent."""
+    if min_count < 1:
+        raise ValueError(f"min_count must be at least 1, got {min_count}")
+    counts = Counter(words)
+    vocabulary = dict.fromkeys(word for word in counts if counts[word] >= min_count)
     vocabulary.update(dict.fromkeys((EOS, UNK)))
     return tuple(vocabulary)
 
@@ -82,6 +92,7 @@ def word_corpus_from_lines(
     *,
     name: str = "lines",
     train_words: int | None = None,
+    min_count: int = 1,
 ) -> WordCorpus:
     """A `WordCorpus` of three lists of lines; the vocabulary comes from the training words.
 
@@ -90,13 +101,14 @@ def word_corpus_from_lines(
       name: the corpus's name in reports.
       train_words: keep only this many training words (a prefix, counting
         ``<eos>``); the vocabulary is built from those.
+      min_count: a training word seen fewer times becomes ``<unk>`` everywhere.
     """
     words = line_words(train)
     if train_words is not None:
         if train_words < 2:
             raise ValueError(f"train_words must be at least 2, got {train_words}")
         words = words[:train_words]
-    vocabulary = build_vocabulary(words)
+    vocabulary = build_vocabulary(words, min_count)
     return WordCorpus(
         name,
         vocabulary,
@@ -104,6 +116,19 @@ def word_corpus_from_lines(
         encode_words(line_words(validation), vocabulary),
         encode_words(line_words(test), vocabulary),
     )
+
+
+def unknown_rates(corpus: WordCorpus) -> dict[str, float]:
+    """The share of ``<unk>`` among each split's tokens (train, validation, test)."""
+    unknown = corpus.vocabulary.index(UNK)
+    return {
+        split: float(np.mean(tokens == unknown)) if len(tokens) else 0.0
+        for split, tokens in (
+            ("train", corpus.train),
+            ("validation", corpus.validation),
+            ("test", corpus.test),
+        )
+    }
 
 
 def split_lines(
@@ -120,46 +145,92 @@ def split_lines(
     return blocks
 
 
-def load_word_text_file(path: str | os.PathLike, *, train_words: int | None = None) -> WordCorpus:
+def load_word_text_file(
+    path: str | os.PathLike, *, train_words: int | None = None, min_count: int = 1
+) -> WordCorpus:
     """Any UTF-8 text file, its lines split 80/10/10 into train/validation/test."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return word_corpus_from_lines(*split_lines(lines), name=str(path), train_words=train_words)
+    return word_corpus_from_lines(
+        *split_lines(lines), name=str(path), train_words=train_words, min_count=min_count
+    )
 
 
 def load_word_wikitext(
-    data_dir: str | os.PathLike, *, train_words: int | None = None
+    data_dir: str | os.PathLike, *, train_words: int | None = None, min_count: int = 1
 ) -> WordCorpus:
-    """WikiText (-2 or -103) from a folder holding ``wiki.{train,valid,test}.tokens``.
+    """WikiText (-2 or -103) from a folder holding the tokenised ``wiki.{train,valid,test}.tokens``.
 
     Raises:
-      FileNotFoundError: naming the missing files.
+      FileNotFoundError: naming the missing files, and saying so when the folder
+        holds the raw variant (``wiki.*.raw``) instead.
+      ValueError: if the ``.tokens`` training file holds no ``<unk>`` (every
+        tokenised WikiText does): raw text under the tokenised name.
     """
     data_dir = Path(data_dir)
     files = [data_dir / f"wiki.{split}.tokens" for split in ("train", "valid", "test")]
     missing = [str(path) for path in files if not path.is_file()]
     if missing:
-        raise FileNotFoundError(f"no WikiText in {data_dir}: missing {', '.join(missing)}")
+        raw = sorted(path.name for path in data_dir.glob("wiki.*.raw"))
+        found = (
+            f"; it holds {', '.join(raw)}, the raw (untokenised) WikiText: the word LM needs "
+            "the tokenised files of WikiText-2 (not WikiText-2-raw)"
+            if raw
+            else ""
+        )
+        raise FileNotFoundError(f"no WikiText in {data_dir}: missing {', '.join(missing)}{found}")
     splits = [path.read_text(encoding="utf-8").splitlines() for path in files]
-    return word_corpus_from_lines(*splits, name=f"{data_dir} (tokens)", train_words=train_words)
+    if not any(UNK in line for line in splits[0]):
+        raise ValueError(
+            f"{files[0]} holds no {UNK}: it looks like raw text, not tokenised WikiText "
+            "(whose rare words are <unk>); use the wiki.*.tokens files of WikiText-2."
+        )
+    return word_corpus_from_lines(
+        *splits,
+        name=f"{data_dir} (found wiki.*.tokens, tokenised)",
+        train_words=train_words,
+        min_count=min_count,
+    )
 
 
-def load_default_word_corpus(*, train_words: int | None = None) -> WordCorpus:
+def load_default_word_corpus(*, train_words: int | None = None, min_count: int = 1) -> WordCorpus:
     """Python's documentation topics (``pydoc_data.topics``, sorted), split 80/10/10 by lines."""
     blocks = split_lines(text_data.default_corpus_text().split("\n"))
-    return word_corpus_from_lines(*blocks, name="pydoc_data.topics", train_words=train_words)
+    return word_corpus_from_lines(
+        *blocks, name="pydoc_data.topics", train_words=train_words, min_count=min_count
+    )
+
+
+def load_docstring_word_corpus(*, train_words: int | None = None, min_count: int = 1) -> WordCorpus:
+    """The standard library's docstrings, split by module file (`text_data.docstring_splits`)."""
+    splits = text_data.docstring_splits()
+    lines = [splits[split].split("\n") for split in ("train", "validation", "test")]
+    return word_corpus_from_lines(
+        *lines, name="stdlib docstrings", train_words=train_words, min_count=min_count
+    )
+
+
+_SHIPPED = {"pydoc": load_default_word_corpus, "docstrings": load_docstring_word_corpus}
 
 
 def load_word_corpus(
-    data: str | None = None, data_dir: str | None = None, *, train_words: int | None = None
+    data: str | None = None,
+    data_dir: str | None = None,
+    *,
+    train_words: int | None = None,
+    min_count: int = 1,
+    corpus: str = "pydoc",
 ) -> WordCorpus:
-    """`load_word_text_file(data)`, `load_word_wikitext(data_dir)` or the default corpus."""
+    """`load_word_text_file(data)`, `load_word_wikitext(data_dir)` or the shipped `corpus`."""
     if data and data_dir:
         raise ValueError("give either a text file (--data) or a WikiText folder (--data-dir)")
+    options = {"train_words": train_words, "min_count": min_count}
     if data:
-        return load_word_text_file(data, train_words=train_words)
+        return load_word_text_file(data, **options)
     if data_dir:
-        return load_word_wikitext(data_dir, train_words=train_words)
-    return load_default_word_corpus(train_words=train_words)
+        return load_word_wikitext(data_dir, **options)
+    if corpus not in _SHIPPED:
+        raise ValueError(f"unknown corpus {corpus!r}; choose from {tuple(_SHIPPED)}")
+    return _SHIPPED[corpus](**options)
 
 
 def batchify(tokens: np.ndarray, batch_size: int) -> np.ndarray:

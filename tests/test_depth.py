@@ -172,3 +172,36 @@ def test_best_learning_rate_and_deepest_trainable_depth():
     assert best[("fromage", 1)]["learning_rate"] == 0.01
     deepest = report.deepest_trainable(best, ["sgd", "fromage", "adam"], [1, 2, 3])
     assert deepest == {"sgd": 2, "fromage": 3, "adam": None}
+
+
+@pytest.mark.skipif(
+    not hasattr(__import__("optax.contrib").contrib, "MuonDimensionNumbers"),
+    reason="this optax has no optax.contrib.MuonDimensionNumbers (the version floor's may not)",
+)
+def test_muon_updates_hidden_kernels_and_adamw_the_rest():
+    """Muon at the depth cliffs: its own setup, Muon on hidden-to-hidden kernels only."""
+    import jax
+    import numpy as np
+
+    from benchmarks import optimizers
+    from benchmarks.depth import configs as depth_configs
+    from benchmarks.models import mlp
+
+    model = mlp.MLP((8, 8, 8), 3)
+    params = model.init(jax.random.key(0), np.ones((1, 5), np.float32))["params"]
+    chosen = depth_configs.hidden_kernels(params)
+    assert chosen["hidden_1"]["kernel"] and chosen["hidden_2"]["kernel"]
+    assert not chosen["hidden_0"]["kernel"] and not chosen["output"]["kernel"]
+    assert not chosen["hidden_1"]["bias"]
+    optimizer = optimizers.make_optimizer(
+        "muon", 0.02, injectable=True, **depth_configs.OPTIMIZER_OPTIONS["muon"]
+    )
+    grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(x.size), x.shape), params)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    singular = np.linalg.svd(np.asarray(updates["hidden_1"]["kernel"]), compute_uv=False)
+    assert singular.max() / singular.min() < 2  # orthogonalised
+    # The first layer goes to AdamW at its fixed rate: a first step of ±lr·(1 + Nesterov β1).
+    first = np.abs(np.asarray(updates["hidden_0"]["kernel"]))
+    np.testing.assert_allclose(first, first.max(), rtol=1e-3)
+    assert "muon" in depth_configs.PAPER_LEARNING_RATES
+    assert "muon" not in depth_configs.PRESETS["cpu"].optimizers

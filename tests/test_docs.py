@@ -161,7 +161,7 @@ _SMOKE = {
     # The preset's model (its embedding over the library's size threshold) on a prefix of the
     # training words, one setting per optimiser.
     "benchmarks.word_lm": [
-        "--epochs", "1", "--decay-after-epoch", "1", "--seeds", "0", "--train-words", "20000",
+        "--epochs", "1", "--decay-after-epoch", "1", "--seeds", "0", "--train-words", "8000",
         "--fromage-p-bounds", "1", "--adam-learning-rates", "0.001", "--sgd-learning-rates", "1",
     ],  # fmt: skip
     "benchmarks.transformer": [
@@ -173,6 +173,10 @@ _SMOKE = {
         "2",
         "--max-eval-batches",
         "1",
+        "--max-train-eval-batches",
+        "1",
+        "--seeds",
+        "0",
     ],  # fmt: skip
     "benchmarks.gan": [
         "--steps",

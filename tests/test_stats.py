@@ -40,3 +40,10 @@ def test_paired_difference_uses_common_seeds_only():
     assert stats.format_interval(paired, sign=True) == f"+0.100 ± {paired['half_width']:.3f}"
     with pytest.raises(ValueError, match="no seed in common"):
         stats.paired_difference({0: 1.0}, {1: 1.0})
+
+
+def test_verdict_needs_an_interval_that_excludes_zero():
+    assert stats.verdict(stats.mean_interval([-0.3, -0.2, -0.25])) == "lower"
+    assert stats.verdict(stats.mean_interval([0.3, 0.2, 0.25])) == "higher"
+    assert stats.verdict(stats.mean_interval([-0.3, 0.2, 0.05])) == "inside the noise"
+    assert stats.verdict(stats.mean_interval([-0.3])) == "inside the noise"  # one seed

@@ -117,8 +117,9 @@ def test_docstrings_corpus_is_held_out_by_module_and_deterministic():
     # No tests, IDLE, or the pydoc topics of the other corpus.
     assert not any(p.startswith(("test/", "idlelib/", "pydoc_data/")) for p in paths)
     splits = text_data.docstring_splits()
-    assert splits["validation"] == "\n\n".join(text for i, (_, text) in enumerate(files)
-                                               if i % 10 == 3)
+    assert splits["validation"] == "\n\n".join(
+        text for i, (_, text) in enumerate(files) if i % 10 == 3
+    )
     # Held out by module: no validation module's docstrings are in training.
     held_out = [text for i, (_, text) in enumerate(files) if i % 10 in (3, 7)]
     assert all(text not in splits["train"] for text in held_out[:20] if len(text) > 2000)

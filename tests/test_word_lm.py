@@ -57,6 +57,26 @@ def test_quick_preset_end_to_end_and_rerun_skips_finished_runs(tmp_path, monkeyp
         assert run["train_perplexity_at_decay_epoch"] == run["train_perplexity_per_epoch"][0]
     assert len(summary["grid_rows"]) == 3 and len(summary["seed_rows"]) == 3
     assert all(row["seeds"] == "0,1" for row in summary["seed_rows"])
+    # Paired differences of the best settings over the same seeds, with t intervals.
+    runs = {r["name"]: r for r in saved["runs"]}
+    best = {runs[name]["optimizer"]: runs[name] for name in saved["best"]}
+    pairs = {row["difference"]: row for row in summary["paired_rows"]}
+    assert set(pairs) == {"fromage − adam", "fromage − sgd", "adam − sgd"}
+    differences = [
+        runs[f"{best['fromage']['setting']}_seed{s}"]["test_perplexity"]
+        - runs[f"{best['adam']['setting']}_seed{s}"]["test_perplexity"]
+        for s in (0, 1)
+    ]
+    half = 12.706205 * np.std(differences, ddof=1) / np.sqrt(2)  # t(0.975, 1)
+    assert pairs["fromage − adam"]["test ppl (best val)"] == (
+        f"{np.mean(differences):+.1f} ± {half:.1f}"
+    )
+    # The vocabulary keeps training words seen twice (the quick preset's min count).
+    rates = saved["data"]["unknown_rates"]
+    assert (
+        0 < rates["train"] < rates["validation"]
+        and "`<unk>` share" in (out / "word_lm.md").read_text()
+    )
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
@@ -163,20 +183,57 @@ def test_batchify_and_bptt_windows():
 
 
 def test_wikitext_loader_on_written_files(tmp_path):
-    contents = {"train": "a b c\n\nb d\n", "valid": "a e\n", "test": "d\n"}
+    contents = {"train": "a b <unk>\n\nb d\n", "valid": "a e\n", "test": "d\n"}
     for split, text in contents.items():
         (tmp_path / f"wiki.{split}.tokens").write_text(text, encoding="utf-8")
     corpus = word_data.load_word_wikitext(tmp_path)
-    assert corpus.vocabulary == ("a", "b", "c", "<eos>", "d", "<unk>")
+    assert "tokenised" in corpus.name
+    assert corpus.vocabulary == ("a", "b", "<unk>", "<eos>", "d")
     assert corpus.train.tolist() == [0, 1, 2, 3, 3, 1, 4, 3]
-    assert corpus.validation.tolist() == [0, 5, 3]  # "e" is not a training word
+    assert corpus.validation.tolist() == [0, 2, 3]  # "e" is not a training word
     assert corpus.test.tolist() == [4, 3]
+    rates = word_data.unknown_rates(corpus)
+    assert rates == {"train": 1 / 8, "validation": 1 / 3, "test": 0.0}
     prefix = word_data.load_word_wikitext(tmp_path, train_words=3)
-    assert prefix.vocabulary == ("a", "b", "c", "<eos>", "<unk>")
-    assert prefix.test.tolist() == [4, 3]
+    assert prefix.vocabulary == ("a", "b", "<unk>", "<eos>")
+    assert prefix.test.tolist() == [2, 3]
+    # min_count: "a" and "d" (seen once) become <unk> in every split.
+    rare = word_data.load_word_wikitext(tmp_path, min_count=2)
+    assert rare.vocabulary == ("b", "<eos>", "<unk>")
+    assert word_data.unknown_rates(rare)["test"] == 0.5
     (tmp_path / "wiki.test.tokens").unlink()
     with pytest.raises(FileNotFoundError, match="wiki.test.tokens"):
         word_data.load_word_wikitext(tmp_path)
+
+
+def test_wikitext_loader_refuses_raw_files_and_says_which_it_found(tmp_path):
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"wiki.{split}.raw").write_text("The cat sat .\n", encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match=r"wiki.test.raw.*raw \(untokenised\).*tokenised"):
+        word_data.load_word_wikitext(tmp_path)
+    # Raw text under the tokenised names: no <unk> anywhere.
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"wiki.{split}.tokens").write_text("The cat sat .\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="holds no <unk>: it looks like raw text"):
+        word_data.load_word_wikitext(tmp_path)
+
+
+def test_min_count_vocabulary_and_docstrings_corpus():
+    assert word_data.build_vocabulary(["x", "y", "x", "z", "y", "x"], min_count=2) == (
+        "x",
+        "y",
+        "<eos>",
+        "<unk>",
+    )
+    with pytest.raises(ValueError, match="min_count must be at least 1"):
+        word_data.build_vocabulary(["x"], min_count=0)
+    corpus = word_data.load_word_corpus(corpus="docstrings", train_words=20000, min_count=3)
+    assert corpus.name == "stdlib docstrings"
+    rates = word_data.unknown_rates(corpus)
+    # Rare training words are <unk> in training too; held-out modules have more.
+    assert 0 < rates["train"] < rates["validation"] < 0.5
+    with pytest.raises(ValueError, match="unknown corpus"):
+        word_data.load_word_corpus(corpus="wiki")
 
 
 def test_text_file_loader_splits_contiguous_blocks(tmp_path):

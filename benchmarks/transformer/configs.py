@@ -160,8 +160,15 @@ class Config:
         """The fields a finished run's result depends on besides its own setting (a saved
         run is reused only if they match): everything but the grids, the seeds, the
         output folder and the checkpoint period."""
-        grid_suffixes = ("_rates", "_p_bounds", "_schedules", "_momenta", "_norms",
-                         "_selections", "_weight_decays")
+        grid_suffixes = (
+            "_rates",
+            "_p_bounds",
+            "_schedules",
+            "_momenta",
+            "_norms",
+            "_selections",
+            "_weight_decays",
+        )
         skip = {"optimizers", "seeds", "out", "preset", "checkpoint_every"}
         return {
             key: value
@@ -221,7 +228,8 @@ PRESETS = {
         fromage_learning_rates=(0.03,),
         fromage_p_bounds=(None,),
         fromage_schedules=("cosine",),
-        muon_learning_rates=(0.02,),
+        # The best of six runs (docs/results/transformer/muon_tuning/).
+        muon_learning_rates=(0.01,),
         muon_adam_learning_rates=(3e-3,),
         seeds=(0, 1, 2),
     ),
@@ -282,7 +290,9 @@ class RunSpec:
 def grid(config: Config, names: Sequence[str]) -> list[RunSpec]:
     """Every run of the config's grids for the optimisers `names`, at every seed of the config."""
     return [
-        dataclasses.replace(run, seed=seed) for seed in config.seeds for run in _settings(config, names)
+        dataclasses.replace(run, seed=seed)
+        for seed in config.seeds
+        for run in _settings(config, names)
     ]
 
 

@@ -184,7 +184,8 @@ def across_seeds(results: Sequence[dict]) -> list[dict]:
     runs, its seeds, ``final_validation_loss`` as `stats.mean_interval`, and
     ``minus_adamw``: the per-seed difference to the AdamW setting with the
     lowest mean (same seeds, so same initial params and batches) as
-    `stats.paired_difference`, or None without AdamW runs.
+    `stats.paired_difference`, or None without AdamW runs; ``minus_muon`` the
+    same against Muon's best setting.
     """
     by_setting: dict[str, list[dict]] = {}
     for result in results:
@@ -206,14 +207,19 @@ def across_seeds(results: Sequence[dict]) -> list[dict]:
                 "per_seed": {_seeds_of(r): r["final_validation_loss"] for r in runs},
             }
         )
-    adamw = [e for e in entries if e["optimizer"] == "adamw"]
-    reference = min(adamw, key=lambda e: e["final_validation_loss"]["mean"]) if adamw else None
-    for entry in entries:
-        entry["minus_adamw"] = (
-            stats.paired_difference(entry["per_seed"], reference["per_seed"])
-            if reference is not None and entry is not reference
+    for reference_name in ("adamw", "muon"):
+        candidates = [e for e in entries if e["optimizer"] == reference_name]
+        reference = (
+            min(candidates, key=lambda e: e["final_validation_loss"]["mean"])
+            if candidates
             else None
         )
+        for entry in entries:
+            entry[f"minus_{reference_name}"] = (
+                stats.paired_difference(entry["per_seed"], reference["per_seed"])
+                if reference is not None and entry is not reference
+                else None
+            )
     return entries
 
 
@@ -222,8 +228,9 @@ def best_across_seeds(entries: Sequence[dict]) -> list[dict]:
     best: dict[str, dict] = {}
     for entry in entries:
         current = best.get(entry["variant"])
-        if current is None or entry["final_validation_loss"]["mean"] < (
-            current["final_validation_loss"]["mean"]
+        if (
+            current is None
+            or entry["final_validation_loss"]["mean"] < (current["final_validation_loss"]["mean"])
         ):
             best[entry["variant"]] = entry
     order = [v for name in OPTIMIZER_NAMES for v in (name, f"{name}+momentum")]
@@ -231,18 +238,22 @@ def best_across_seeds(entries: Sequence[dict]) -> list[dict]:
 
 
 def seed_rows(entries: Sequence[dict]) -> list[dict]:
-    """Rows of the across-seeds table: mean ± 95 % interval, and the paired gap to AdamW."""
+    """Rows of the across-seeds table: mean ± 95 % interval, and the paired gaps to AdamW
+    (and to Muon, when Muon ran)."""
+    with_muon = any(e.get("optimizer") == "muon" for e in entries)
+
+    def gap(entry, key):
+        value = entry.get(key)
+        return "—" if value is None else stats.format_interval(value, sign=True)
+
     return [
         {
             "optimizer": e["label"],
             "setting": e["description"],
             "seeds": len(e["seeds"]),
             "final val loss (mean ± 95 %)": stats.format_interval(e["final_validation_loss"]),
-            "− AdamW, paired (mean ± 95 %)": (
-                "—"
-                if e["minus_adamw"] is None
-                else stats.format_interval(e["minus_adamw"], sign=True)
-            ),
+            "− AdamW, paired (mean ± 95 %)": gap(e, "minus_adamw"),
+            **({"− Muon, paired (mean ± 95 %)": gap(e, "minus_muon")} if with_muon else {}),
             "per seed": ", ".join(f"{v:.3f}" for v in e["final_validation_loss"]["values"]),
         }
         for e in entries
@@ -328,12 +339,20 @@ def _multi_seed_markdown(saved: dict) -> str:
         reporting.format_markdown_table(seed_rows(best)),
         "",
     ]
-    for entry in best:
-        gap = entry["minus_adamw"]
-        if gap is not None:
+    for key, name in (("minus_adamw", "AdamW"), ("minus_muon", "Muon")):
+        for entry in best:
+            gap = entry.get(key)
+            if gap is None or (key == "minus_muon" and entry["optimizer"] == "adamw"):
+                continue
+            finding = {
+                "lower": f"lower than {name}'s",
+                "higher": f"higher than {name}'s",
+                "inside the noise": f"not distinguishable from {name}'s at 95 %",
+            }[stats.verdict(gap)]
             lines.append(
-                f"- {entry['label']} − AdamW (paired, {gap['n']} seeds): "
-                f"{stats.format_interval(gap, digits=4, sign=True)} nats/byte"
+                f"- {entry['label']} − {name} (paired, {gap['n']} seeds): "
+                f"{stats.format_interval(gap, digits=4, sign=True)} nats/byte: its final "
+                f"validation loss is {finding}"
             )
     lines += [
         "",

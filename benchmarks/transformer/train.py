@@ -307,8 +307,10 @@ def _steps(experiment: Experiment, state, history, first_step, checkpointer, sta
             if evaluate:
                 record(experiment, history, done, state.params, interval_metrics)
                 interval_metrics = []
-                bar.set_postfix(loss=f"{float(metrics['loss']):.3f}",
-                                val=f"{history['validation_loss'][-1]:.4f}")
+                bar.set_postfix(
+                    loss=f"{float(metrics['loss']):.3f}",
+                    val=f"{history['validation_loss'][-1]:.4f}",
+                )
             if checkpoint:
                 save(done)
             train_started = time.perf_counter()

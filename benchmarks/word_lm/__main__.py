@@ -70,8 +70,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     info = report.corpus_info(data)
     print(
         f"word LM, preset {config.preset}: {info['name']}, vocabulary "
-        f"{info['vocabulary_size']}, {info['train_tokens']} train tokens "
-        f"({info['train_steps_per_epoch']} steps/epoch), {config.epochs} epochs",
+        f"{info['vocabulary_size']} (min count {config.min_count}), {info['train_tokens']} train "
+        f"tokens ({info['train_steps_per_epoch']} steps/epoch), {config.epochs} epochs; <unk> "
+        + ", ".join(f"{split} {rate:.1%}" for split, rate in info["unknown_rates"].items()),
         flush=True,
     )
     grid = configs.grid(config)
@@ -93,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     summary = report.write_outputs(config, info, ordered, finished=True)
     print(reporting.format_table(summary["grid_rows"]))
     print(reporting.format_table(summary["seed_rows"]))
+    if summary["paired_rows"]:
+        print(reporting.format_table(summary["paired_rows"]))
     print(f"wrote word_lm.json, word_lm.md, word_lm.png and runs/*.json to {config.out}")
     return summary
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from benchmarks import cli, reporting
+from benchmarks import cli, reporting, stats, word_data
 from benchmarks.word_lm.configs import (
     AUTHORS_EPOCH10_TRAIN_PERPLEXITY,
     OPTIMIZER_NAMES,
@@ -93,32 +93,55 @@ def grid_rows(results: Sequence[dict], seed: int, decay_epoch: int) -> list[dict
     ]
 
 
-def _mean_std(values: Sequence) -> str:
-    values = np.asarray([_float(v) for v in values])
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
+def _interval(values: Sequence) -> str:
+    return stats.format_interval(stats.mean_interval([_float(v) for v in values]), digits=1)
+
+
+def _seeded(results: Sequence[dict], chosen: dict, seeds: Sequence[int]) -> list[dict]:
+    runs = [r for r in results if r["setting"] == chosen["setting"] and r["seed"] in seeds]
+    return sorted(runs, key=lambda r: r["seed"])
 
 
 def seed_rows(results: Sequence[dict], best: Sequence[dict], seeds: Sequence[int]) -> list[dict]:
-    """Per optimiser's best setting: the mean ± std over the seeds that finished."""
+    """Per optimiser's best setting: the mean ± 95 % t interval over the seeds that finished."""
     rows = []
     for chosen in best:
-        runs = [r for r in results if r["setting"] == chosen["setting"] and r["seed"] in seeds]
-        runs.sort(key=lambda r: r["seed"])
+        runs = _seeded(results, chosen, seeds)
         rows.append(
             {
                 "optimizer": chosen["label"],
                 "setting": _setting(chosen),
                 "seeds": ",".join(str(r["seed"]) for r in runs),
-                "best val ppl": _mean_std([r["best_validation_perplexity"] for r in runs]),
-                "test ppl (best val)": _mean_std([r["test_perplexity"] for r in runs]),
-                f"train ppl ep {chosen['decay_epoch']}": _mean_std(
+                "best val ppl": _interval([r["best_validation_perplexity"] for r in runs]),
+                "test ppl (best val)": _interval([r["test_perplexity"] for r in runs]),
+                f"train ppl ep {chosen['decay_epoch']}": _interval(
                     [r["train_perplexity_at_decay_epoch"] for r in runs]
                 ),
                 "authors' train ppl ep 10 (WT2)": authors_train_perplexity(chosen),
             }
         )
+    return rows
+
+
+def paired_rows(results: Sequence[dict], best: Sequence[dict], seeds: Sequence[int]) -> list[dict]:
+    """Each pair of best settings: the per-seed difference (same seed: same init, same
+    batches and dropout) of validation and test perplexity, mean ± 95 % t interval."""
+    rows = []
+    for i, first in enumerate(best):
+        for second in best[i + 1 :]:
+            a, b = _seeded(results, first, seeds), _seeded(results, second, seeds)
+            row = {"difference": f"{first['optimizer']} − {second['optimizer']}"}
+            for column, key in (
+                ("best val ppl", "best_validation_perplexity"),
+                ("test ppl (best val)", "test_perplexity"),
+            ):
+                paired = stats.paired_difference(
+                    {r["seed"]: _float(r[key]) for r in a}, {r["seed"]: _float(r[key]) for r in b}
+                )
+                row["seeds"] = ",".join(map(str, paired["seeds"]))
+                row[column] = stats.format_interval(paired, digits=1, sign=True)
+                row[f"{column}: first is"] = stats.verdict(paired)
+            rows.append(row)
     return rows
 
 
@@ -143,11 +166,13 @@ def _later_epochs_mean(result: dict) -> float:
 
 
 def corpus_info(data) -> dict:
-    """Sizes of the corpus and its windows (`benchmarks.word_lm.train.Data`), for the report."""
+    """Sizes of the corpus and its windows (`benchmarks.word_lm.train.Data`) and each split's
+    ``<unk>`` share, for the report."""
     corpus = data.corpus
     return {
         "name": corpus.name,
         "vocabulary_size": len(corpus.vocabulary),
+        "unknown_rates": word_data.unknown_rates(corpus),
         "train_tokens": len(corpus.train),
         "validation_tokens": len(corpus.validation),
         "test_tokens": len(corpus.test),
@@ -159,11 +184,31 @@ def markdown(saved: dict) -> str:
     """word_lm.md from the saved word_lm.json."""
     config, info = cli.from_json(Config, saved["config"]), saved["data"]
     grid, seeds, timing = saved["grid_rows"], saved["seed_rows"], saved["timing"]
+    paired = saved.get("paired_rows")
+    spread = "mean ± 95 % t interval" if paired is not None else "mean ± std"
+    unknown = info.get("unknown_rates")
+    vocabulary_rule = (
+        f" (training words seen ≥ {config.min_count} times; `<unk>` share: "
+        + ", ".join(f"{split} {rate:.1%}" for split, rate in unknown.items())
+        + ")"
+        if unknown is not None
+        else ""
+    )
+    pairs = (
+        [
+            "## Paired differences of the best settings (same seeds), mean ± 95 % t interval",
+            "",
+            reporting.format_markdown_table(paired),
+            "",
+        ]
+        if paired
+        else []
+    )
     return "\n".join(
         [
             f"# Word-level transformer LM, preset `{config.preset}`",
             "",
-            f"Corpus {info['name']}: vocabulary {info['vocabulary_size']} words, "
+            f"Corpus {info['name']}: vocabulary {info['vocabulary_size']} words{vocabulary_rule}, "
             f"{info['train_tokens']} training tokens ({info['train_steps_per_epoch']} steps of "
             f"{config.batch_size} × {config.bptt} per epoch), {info['validation_tokens']} "
             f"validation and {info['test_tokens']} test tokens. Model: {config.num_layers} "
@@ -177,10 +222,11 @@ def markdown(saved: dict) -> str:
             "",
             reporting.format_markdown_table(grid),
             "",
-            "## Each optimiser's best setting (best validation), over seeds (mean ± std)",
+            f"## Each optimiser's best setting (best validation), over seeds ({spread})",
             "",
             reporting.format_markdown_table(seeds),
             "",
+            *pairs,
             f"Total training time {timing['total_seconds']:.0f} s on {saved['device']}.",
             "",
         ]
@@ -193,6 +239,7 @@ def write_outputs(config: Config, info: dict, results: Sequence[dict], finished:
     decay_epoch = min(config.decay_after_epoch, config.epochs) or 1
     grid = grid_rows(results, config.seeds[0], decay_epoch)
     seeds = seed_rows(results, best, config.seeds)
+    paired = paired_rows(results, best, config.seeds)
     timing = _timing(results)
     summary = {
         "benchmark": "word_lm",
@@ -205,6 +252,7 @@ def write_outputs(config: Config, info: dict, results: Sequence[dict], finished:
         "timing": timing,
         "grid_rows": grid,
         "seed_rows": seeds,
+        "paired_rows": paired,
         "best": [r["name"] for r in best],
         "runs": [{k: v for k, v in r.items() if k != "protocol"} for r in results],
     }

@@ -39,7 +39,11 @@ class Data(NamedTuple):
 def prepare_data(config: Config) -> Data:
     """The corpus of `config`, batchified and cut into bptt windows as the example does."""
     corpus = word_data.load_word_corpus(
-        config.data, config.data_dir, train_words=config.train_words
+        config.data,
+        config.data_dir,
+        train_words=config.train_words,
+        min_count=config.min_count,
+        corpus=config.corpus,
     )
 
     def windows(tokens, batch_size, drop_last=False):
