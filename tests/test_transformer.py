@@ -230,8 +230,9 @@ def test_recipe_grid_names_and_optimizer():
     optimizer = configs.make_optimizer(decayed, steps=10, warmup_steps=2)
     state = optimizer.init(params)
     zeros = jax.tree.map(jax.numpy.zeros_like, params)
+    update = jax.jit(optimizer.update)  # one compile, not one per operation
     for _ in range(2):  # the second step runs at half the peak learning rate
-        updates, state = optimizer.update(zeros, state, params)
+        updates, state = update(zeros, state, params)
     embedding = params["token_embedding"]["embedding"]
     # −lr·wd·W: the schedule's value and two products, each rounded once in float32.
     np.testing.assert_allclose(
@@ -245,8 +246,9 @@ def test_recipe_grid_names_and_optimizer():
     neuron = next(r for r in runs if r.norms == "neuron" and r.selection == "matrices")
     optimizer = configs.make_optimizer(neuron, steps=10, warmup_steps=2)
     state = optimizer.init(params)
+    update = jax.jit(optimizer.update)
     for _ in range(2):  # warm-up: no step at count 0, then lr/2
-        updates, state = optimizer.update(grads, state, params)
+        updates, state = update(grads, state, params)
     eta = neuron.learning_rate / 2
     # One norm per output unit: a Dense kernel's last axis, an embedding's rows (token vectors).
     for w, g, update, unit_axis in [
