@@ -32,6 +32,7 @@ _WRITERS: dict[str, Callable[[dict], str]] = {
     "depth/depth.json": depth_report.markdown,
     "depth/paper_schedule/depth.json": depth_report.markdown,
     "depth/long/depth.json": depth_report.markdown,
+    "depth/long_muon/depth.json": depth_report.markdown,
     "depth/signal/signal.json": signal.markdown,
     "word_lm/pydoc/word_lm.json": word_lm_report.markdown,
     "word_lm/docstrings/word_lm.json": word_lm_report.markdown,
@@ -72,22 +73,23 @@ def _mlp_row(results: Path) -> dict:
 
 
 def _depth_row(results: Path) -> dict:
-    name = "depth/long/depth.json"
-    saved = _load(results, name)
+    names = ["depth/long/depth.json", "depth/long_muon/depth.json"]
+    saved, muon = (_load(results, name) for name in names)
     deepest = {
         row["optimizer"]: row["24,000"]
-        for row in saved["rows"]
+        for row in saved["rows"] + muon["rows"]
         if row["width"] == 64 and row["depth"] == "deepest ≥ 90 %, median seed"
     }
+    muon_depths = ", ".join(str(d) for d in muon["config"]["depths"])
     return {
         "experiment": "[Depth, the paper's Fig. 3](docs/experiments/depth.md)",
-        "claim": "Fromage trains deeper MLPs than SGD and Adam (24,000 steps, width 64)",
+        "claim": "Fromage trains deeper MLPs than SGD, Adam and Muon (24,000 steps, width 64)",
         "measured": (
             f"deepest ≥ 90 %: Fromage {deepest['fromage']}, Adam {deepest['adam']}, "
-            f"SGD {deepest['sgd']} layers"
+            f"SGD {deepest['sgd']} layers; Muon {deepest['muon']} (of depths {muon_depths})"
         ),
         "runs": f"median seed of {_seed_count(saved)} near each cliff",
-        "JSON": name,
+        "JSON": ", ".join(names),
     }
 
 
