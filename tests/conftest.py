@@ -1,7 +1,10 @@
 """Test configuration shared by every test module."""
 
+import atexit
 import contextlib
 import os
+import shutil
+import tempfile
 
 # The tests check values and plumbing, not speed, and most of their time is compiling:
 # XLA:CPU's unoptimised code generation compiles in about 2/3 of the time (set before jax
@@ -9,6 +12,18 @@ import os
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
 ).strip()
+
+# Many tests compile the same program (a benchmark's step at the same shapes, in another
+# test, worker or subprocess): one persistent compilation cache for this test session, in a
+# fresh folder that the first process (pytest itself, before its workers start) creates and
+# removes at exit, so a session never reuses another's programs. Nothing that times
+# compilation runs under the tests.
+if "FROMAGE_OPTAX_TEST_JAX_CACHE" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="fromage-optax-tests-jax-cache-")
+    os.environ["FROMAGE_OPTAX_TEST_JAX_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["FROMAGE_OPTAX_TEST_JAX_CACHE"]
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 import jax  # noqa: E402
 import pytest
