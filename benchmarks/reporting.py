@@ -102,6 +102,18 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_finished(path: str | os.PathLike, protocol: Mapping[str, Any]) -> Any:
+    """The result saved at `path` if it was written under `protocol` (its "protocol" field),
+    else None: how a rerun of a long experiment skips the runs it finished and trains again
+    those that another protocol wrote. Compared as JSON, as the saved copy went (tuples
+    become lists)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    saved = read_json(path)
+    return saved if saved.get("protocol") == json.loads(json.dumps(protocol)) else None
+
+
 def line_plot(
     path: str | os.PathLike,
     series: Mapping[str, tuple[Sequence[float], Sequence[float]]],

@@ -109,11 +109,7 @@ def piece_path(config: Config, piece: Piece) -> Path:
 
 def load_finished(config: Config, piece: Piece) -> dict | None:
     """The saved result of `piece` if it finished under the current protocol, else None."""
-    path = piece_path(config, piece)
-    if not path.exists():
-        return None
-    saved = json.loads(path.read_text())
-    return saved if saved.get("protocol") == protocol(config, piece) else None
+    return reporting.read_finished(piece_path(config, piece), protocol(config, piece))
 
 
 def _checkpoint_manager(config: Config, piece: Piece) -> ocp.CheckpointManager:

@@ -128,11 +128,7 @@ def run_path(config: Config, run: Run) -> Path:
 
 def load_finished(config: Config, run: Run) -> dict | None:
     """The saved result of `run` if it finished under the current protocol, else None."""
-    path = run_path(config, run)
-    if not path.exists():
-        return None
-    saved = reporting.read_json(path)
-    return saved if saved.get("protocol") == protocol(config, run) else None
+    return reporting.read_finished(run_path(config, run), protocol(config, run))
 
 
 def save_finished(config: Config, run: Run, result: dict) -> Path:

@@ -4,7 +4,6 @@ tables, ``transformer.json`` and ``transformer.png``."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,11 +71,7 @@ def write_run(path: Path, result: dict, protocol: dict) -> None:
 def load_finished(path: Path, protocol: dict) -> dict | None:
     """The run `write_run` wrote at `path` if it finished under the same `protocol`, else None
     (then it is trained again, or resumed from its checkpoint)."""
-    if not path.is_file():
-        return None
-    saved = reporting.read_json(path)
-    # Through JSON, as the saved copy went (tuples become lists).
-    return saved if saved.get("protocol") == json.loads(json.dumps(protocol)) else None
+    return reporting.read_finished(path, protocol)
 
 
 def _perplexity(loss: float) -> float:

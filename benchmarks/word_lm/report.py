@@ -3,7 +3,6 @@ optimiser, the seed statistics, ``word_lm.json``, ``word_lm.md`` and ``word_lm.p
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,13 +32,7 @@ def write_run(config: Config, result: dict) -> None:
 
 def load_finished(config: Config, run: RunSpec) -> dict | None:
     """The saved result of `run` if it finished under the same protocol, else None."""
-    path = run_path(config, run)
-    if not path.is_file():
-        return None
-    result = json.loads(path.read_text())
-    # Through JSON, as the saved copy went (tuples become lists).
-    expected = json.loads(json.dumps(config.protocol()))
-    return result if result.get("protocol") == expected else None
+    return reporting.read_finished(run_path(config, run), config.protocol())
 
 
 def _float(value) -> float:
