@@ -45,6 +45,7 @@ _WRITERS: dict[str, Callable[[dict], str]] = {
     "transformer/muon_tuning/transformer.json": transformer_report.markdown,
     "gan/gan.json": gan_report.markdown,
     "gan/fromage_low_lr/gan.json": gan_report.markdown,
+    "gan/cpu/gan.json": gan_report.markdown,
     "step_speed/step_speed.json": step_speed_report.markdown,
     "step_speed/design_study/step_speed.json": step_speed_report.markdown,
     "step_speed/compile/before/step_speed.json": step_speed_report.markdown,
