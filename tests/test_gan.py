@@ -291,6 +291,30 @@ def test_best_learning_rate_summary_and_comparison():
     assert report.fromage_versus_adam(summaries[1:]) is None
 
 
+def test_grid_sits_beside_the_authors_fid_with_each_columns_best_in_bold():
+    runs = [
+        _fake_run("fromage", "grid", 0.01, 0, 3.0),
+        _fake_run("fromage", "grid", 0.1, 0, float("nan")),
+        _fake_run("fromage", "seeds", 0.01, 1, 1.0),  # not the grid: left out
+        _fake_run("optax_fromage", "grid", 0.01, 0, 4.0),
+    ]
+    rows = report.grid_beside_paper(runs, ["fromage", "optax_fromage"])
+    by_lr = {row["lr"]: row for row in rows}
+    assert list(by_lr) == ["0.0001", "0.001", "0.01", "0.1"]  # the authors' rates fill in
+    assert by_lr["0.01"]["fromage_optax.fromage, ours"] == "**3**"
+    assert by_lr["0.1"]["fromage_optax.fromage, ours"] == "nan"  # a diverged run stays visible
+    assert by_lr["0.001"]["fromage_optax.fromage, ours"] == "-"
+    assert by_lr["0.01"]["fromage_optax.fromage, authors' FID"] == "**29.9**"
+    assert by_lr["0.0001"]["fromage_optax.fromage, authors' FID"] == "77"
+    # optax.fromage has no column of the authors' (they did not run it).
+    assert set(rows[0]) == {
+        "lr",
+        "fromage_optax.fromage, ours",
+        "fromage_optax.fromage, authors' FID",
+        "optax.fromage, ours",
+    }
+
+
 @pytest.mark.parametrize(
     "differences, outcome",
     [

@@ -18,7 +18,14 @@ import numpy as np
 
 from benchmarks import reporting, stats
 from benchmarks.gan import runs as runs_lib
-from benchmarks.gan.configs import LABELS, PAPER_BEST_LEARNING_RATES, VARIANTS, Config
+from benchmarks.gan.configs import (
+    LABELS,
+    PAPER_BEST_LEARNING_RATES,
+    PAPER_FID_BEFORE_DECAY,
+    PAPER_FROMAGE_FID_AFTER_DECAY,
+    VARIANTS,
+    Config,
+)
 
 best_learning_rate = runs_lib.best_learning_rate
 
@@ -189,6 +196,35 @@ def results_table(summaries: list[dict], *, variants: bool = False) -> list[dict
     return rows
 
 
+def grid_beside_paper(runs: list[dict], optimizers) -> list[dict]:
+    """One row per learning rate of the grid (seed 0): our held-out Fréchet distance per
+    optimiser beside the authors' CIFAR-10 FID at that rate, each column's best in bold."""
+
+    def cells(values: dict[float, float]) -> dict[float, str]:
+        finite = [v for v in values.values() if math.isfinite(v)]
+        best = min(finite) if finite else None
+        return {
+            lr: (f"**{v:.3g}**" if v == best else f"{v:.3g}") for lr, v in values.items()
+        }
+
+    columns = {}
+    for name in optimizers:
+        ours = {
+            r["learning_rate"]: r["frechet_distance"]
+            for r in runs
+            if r["optimizer"] == name and r["phase"] == "grid"
+        }
+        if ours:
+            columns[f"{LABELS[name]}, ours"] = cells(ours)
+        if name in PAPER_FID_BEFORE_DECAY:
+            columns[f"{LABELS[name]}, authors' FID"] = cells(PAPER_FID_BEFORE_DECAY[name])
+    rates = sorted({lr for column in columns.values() for lr in column})
+    return [
+        {"lr": f"{lr:g}", **{head: column.get(lr, "-") for head, column in columns.items()}}
+        for lr in rates
+    ]
+
+
 def markdown(saved: dict) -> str:
     """gan.md from the saved gan.json (the earlier protocol's JSON keeps its own table)."""
     if "held_out_floor" not in saved:
@@ -209,6 +245,17 @@ def markdown(saved: dict) -> str:
         parts += [
             reporting.format_markdown_table(variants),
             f"{robustness(summaries)['sentence']} (p_bound {saved['config']['p_bound']:g}.)",
+        ]
+    grid = grid_beside_paper(saved["runs"], saved["config"]["optimizers"])
+    if grid:
+        after = PAPER_FROMAGE_FID_AFTER_DECAY
+        parts += [
+            reporting.format_markdown_table(grid),
+            "The grid on seed 0: our held-out Fréchet distance at the end of training, beside "
+            "the authors' FID on CIFAR-10 at epoch 100 of 121, before their rate decay "
+            f"(Fromage at 0.01 after the decay: {after['train']} / {after['test']} against the "
+            "training / test images). Another data set, network size and score: only the "
+            "ranking of the rates compares. Best of each column in bold.",
         ]
     if not saved["finished"]:
         parts.append(f"Unfinished: {len(saved['missing_runs'])} runs to go.")
