@@ -203,9 +203,7 @@ def grid_beside_paper(runs: list[dict], optimizers) -> list[dict]:
     def cells(values: dict[float, float]) -> dict[float, str]:
         finite = [v for v in values.values() if math.isfinite(v)]
         best = min(finite) if finite else None
-        return {
-            lr: (f"**{v:.3g}**" if v == best else f"{v:.3g}") for lr, v in values.items()
-        }
+        return {lr: (f"**{v:.3g}**" if v == best else f"{v:.3g}") for lr, v in values.items()}
 
     columns = {}
     for name in optimizers:
