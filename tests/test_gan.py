@@ -88,6 +88,7 @@ def test_quick_preset_writes_runs_summary_and_plots(tmp_path, capsys):
         assert (out / name).stat().st_size > 1000
     assert len(list(out.glob("classifier_digits_*.msgpack"))) == 1
     assert "Fréchet distance" in (out / "gan.md").read_text()
+    assert "authors' FID" in (out / "gan.md").read_text()
     assert "fromage_optax.fromage" in capsys.readouterr().out
     assert [row["optimizer"] for row in result["rows"]] == [
         "fromage_optax.fromage",

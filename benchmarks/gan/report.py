@@ -224,9 +224,7 @@ def grid_beside_paper(runs: list[dict], optimizers) -> list[dict]:
 
 
 def markdown(saved: dict) -> str:
-    """gan.md from the saved gan.json (the earlier protocol's JSON keeps its own table)."""
-    if "held_out_floor" not in saved:
-        return _legacy_markdown(saved)
+    """gan.md from the saved gan.json."""
     summaries = summarize(saved["runs"], saved["config"]["optimizers"])
     floor = saved["held_out_floor"]
     parts = [
@@ -258,30 +256,6 @@ def markdown(saved: dict) -> str:
     if not saved["finished"]:
         parts.append(f"Unfinished: {len(saved['missing_runs'])} runs to go.")
     return "\n\n".join(parts) + "\n"
-
-
-def _legacy_markdown(saved: dict) -> str:
-    """The table of the earlier protocol (MLPs on 8×8 digits, scored against the training
-    images, mean ± std): docs/results/gan/ until the convolutional runs replace it."""
-    rows = []
-    for s in summarize(saved["runs"], saved["config"]["optimizers"]):
-        rows.append(
-            {
-                "optimizer": LABELS[s["optimizer"]],
-                "best lr": f"{s['learning_rate']:g}",
-                "Fréchet distance ↓": (
-                    f"{s['frechet_distance_mean']:.3g} ± {s['frechet_distance_std']:.2g}"
-                ),
-                "accuracy on generated ↑": (
-                    f"{s['generated_accuracy_mean']:.3f} ± {s['generated_accuracy_std']:.3f}"
-                ),
-                "seeds": len(s["seeds"]),
-                "grid (lr: distance, seed 0)": ", ".join(
-                    f"{lr}: {d:.3g}" for lr, d in s["grid_frechet_distance"].items()
-                ),
-            }
-        )
-    return reporting.format_markdown_table(rows) + "\n"
 
 
 def write_outputs(config: Config, experiment_info: dict) -> dict:
