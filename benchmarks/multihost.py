@@ -35,6 +35,7 @@ heartbeat (``--heartbeat-timeout``) ends the others.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import functools
 import os
 import signal
@@ -510,22 +511,35 @@ def parse_args(argv: list[str]) -> dict:
     return config
 
 
+# JAX's own deadline ends a join that cannot complete a few seconds after the timeout.
+# Should its RPC hang instead (seen once on a loaded machine: a worker still in
+# `initialize` 50 s after a 3 s timeout), a watchdog thread that needs no GIL ends the
+# process this long after the timeout, printing where every thread was.
+INITIALIZATION_GRACE = 20.0
+
+
 def initialize_distributed(config: dict) -> None:
     """Joins the processes into one JAX runtime; must come before any other JAX call."""
+    limit = config["initialization_timeout"] + INITIALIZATION_GRACE
     print(
         f"process {config['process_id']}: joining {config['num_processes']} processes at "
-        f"{config['coordinator']} (waiting at most {config['initialization_timeout']} s)",
+        f"{config['coordinator']} (waiting at most {config['initialization_timeout']} s; "
+        f"a join still hanging after {limit:g} s ends this process)",
         file=sys.stderr,
         flush=True,
     )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=config["coordinator"],
-        num_processes=config["num_processes"],
-        process_id=config["process_id"],
-        initialization_timeout=config["initialization_timeout"],
-        heartbeat_timeout_seconds=config["heartbeat_timeout"],
-    )
+    faulthandler.dump_traceback_later(limit, exit=True)
+    try:
+        jax.distributed.initialize(
+            coordinator_address=config["coordinator"],
+            num_processes=config["num_processes"],
+            process_id=config["process_id"],
+            initialization_timeout=config["initialization_timeout"],
+            heartbeat_timeout_seconds=config["heartbeat_timeout"],
+        )
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -285,4 +285,29 @@ def test_a_wrong_num_processes_fails_within_the_initialization_timeout(tmp_path)
     print(f"workers ended {time.monotonic() - started_at:.1f} s after the start")
     assert all(code != 0 for code in codes), codes
     assert "joining 3 processes" in workers.text()
-    assert "DEADLINE_EXCEEDED" in workers.text()
+    # Each worker ends on JAX's deadline or, should the join hang, on the watchdog.
+    ending = r"DEADLINE_EXCEEDED: Deadline Exceeded|Timeout \(0:00:23\)!"
+    endings = re.findall(ending, workers.text())
+    assert len(endings) == 2, workers.text()[-4000:]
+
+
+def test_a_hanging_join_is_ended_by_the_watchdog():
+    """A join that neither completes nor fails ends INITIALIZATION_GRACE after the timeout."""
+    script = (
+        "import time\n"
+        "from benchmarks import multihost\n"
+        "multihost.INITIALIZATION_GRACE = 1.0\n"
+        "multihost.jax.distributed.initialize = lambda **kwargs: time.sleep(120)\n"
+        "multihost.initialize_distributed(dict(process_id=0, num_processes=2,\n"
+        "    coordinator='127.0.0.1:1', initialization_timeout=1, heartbeat_timeout=3))\n"
+    )
+    started_at = time.monotonic()
+    workers = Workers([[sys.executable, "-c", script]])
+    codes = workers.wait(FAILURE_TIMEOUT)
+    seconds = time.monotonic() - started_at
+    print(f"ended {seconds:.1f} s after the start")
+    assert codes == [1], workers.text()
+    assert "a join still hanging after 2 s ends this process" in workers.text()
+    assert "Timeout (0:00:02)!" in workers.text()
+    assert "in initialize_distributed" in workers.text()
+    assert seconds < 30
