@@ -195,7 +195,10 @@ def _step_speed_row(results: Path) -> dict:
     saved = _load(results, name)
     float32 = [r for r in saved["optimizer_steps"] if r["dtype"] == "float32"]
     ratio = {(r["tree"], r["optimizer"]): r["x_sgd"] for r in float32}
-    compile_s = {r["optimizer"]: r["compile_s"] for r in float32 if r["tree"] == "many_small"}
+    many_small = [r for r in float32 if r["tree"] == "many_small"]
+    compile_s = {r["optimizer"]: r["compile_s"] for r in many_small}
+    fresh = all(r.get("compile_where") == "fresh process" for r in many_small)
+    compile_where = " (each in a fresh process)" if fresh else ""
     against_name = "step_speed/against_commit/against_commit.json"
     against = _load(results, against_name)
     x_sgd = {(r["tree"], r["optimizer"]): r["x_sgd"] for r in against["rows"]}
@@ -214,7 +217,8 @@ def _step_speed_row(results: Path) -> dict:
             + f" `optax.sgd` (`optax.fromage` {ratio['few_large', 'optax.fromage']:.2f}×, "
             f"`optax.adam` {ratio['few_large', 'optax.adam']:.2f}× on the first); compile on "
             f"2,000 tensors {compile_s['fromage'] / compile_s['optax.adam']:.2f}× `optax.adam`'s "
-            f"({compile_s['fromage p_bound=2'] / compile_s['optax.adam']:.2f}× with p_bound); "
+            f"({compile_s['fromage p_bound=2'] / compile_s['optax.adam']:.2f}× with p_bound)"
+            f"{compile_where}; "
             f"against `{against['commit']}` (before the composability fix), in one run: "
             f"{before_after}"
         ),

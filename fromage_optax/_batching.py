@@ -30,6 +30,35 @@ def accumulation_dtype(dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def _weak(value) -> bool:
+    if isinstance(value, (bool, int, float, complex)):
+        return True
+    return bool(getattr(getattr(value, "aval", value), "weak_type", False))
+
+
+def where(condition, x, y):
+    """`jnp.where(condition, x, y)`, the same values and dtype, without its nested `jit`.
+
+    The step's scalar math calls it a few dozen times per group of tensors: as a
+    `jnp.where`, each call is a nested jit of its own to trace, lower and inline
+    (1,500 of them for a 2,000-tensor tree with p_bound). Where both values are
+    weakly typed (Python numbers), `jnp.where` decides the dtype as it always has.
+    """
+    if _weak(x) and _weak(y):
+        return jnp.where(condition, x, y)
+    dtype = jnp.result_type(x, y)
+    shape = jnp.broadcast_shapes(jnp.shape(condition), jnp.shape(x), jnp.shape(y))
+
+    def broadcast(value, value_dtype):
+        value = jnp.asarray(value, value_dtype)
+        if value.shape == shape:
+            return value
+        dims = tuple(range(len(shape) - value.ndim, len(shape)))
+        return lax.broadcast_in_dim(value, shape, dims)
+
+    return lax.select(broadcast(condition, bool), broadcast(x, dtype), broadcast(y, dtype))
+
+
 def _sqrt(sum_of_squares):
     """√s with a finite derivative at s = 0 (zero there), for `jax.grad` through a step.
 
@@ -38,15 +67,15 @@ def _sqrt(sum_of_squares):
     sum stays NaN.
     """
     positive = sum_of_squares > 0
-    root = jnp.sqrt(jnp.where(positive, sum_of_squares, 1))
-    return jnp.where(positive, root, jnp.where(sum_of_squares == 0, 0, jnp.nan))
+    root = jnp.sqrt(where(positive, sum_of_squares, 1))
+    return where(positive, root, where(sum_of_squares == 0, 0, jnp.nan))
 
 
 def _cosine(dot, norm_a, norm_b):
     """⟨a, b⟩/(‖a‖‖b‖), NaN where a norm is 0, with a finite derivative there."""
     usable = (norm_a > 0) & (norm_b > 0)
-    cosine = dot / jnp.where(usable, norm_a, 1) / jnp.where(usable, norm_b, 1)
-    return jnp.where(usable, cosine, jnp.nan)
+    cosine = dot / where(usable, norm_a, 1) / where(usable, norm_b, 1)
+    return where(usable, cosine, jnp.nan)
 
 
 def _psum(x, axis_names):
@@ -72,7 +101,7 @@ def power_of_two_scale(value):
     power = lax.bitcast_convert_type(bits & jnp.asarray(exponent_bits, int_dtype), value.dtype)
     usable = (power >= info.tiny) & (power < jnp.inf)
     power = jnp.minimum(
-        jnp.where(usable, power, 1), jnp.asarray(2.0 ** (info.maxexp - 3), value.dtype)
+        where(usable, power, 1), jnp.asarray(2.0 ** (info.maxexp - 3), value.dtype)
     )
     return power, 1 / power
 
@@ -177,7 +206,7 @@ def after_token(value, dtype):
     NaN or infinite values still give 0. Its derivative is 0.
     """
     zero = jnp.sum(lax.stop_gradient(value)).astype(dtype) * 0
-    return jnp.where(zero == 0, zero, jnp.zeros((), dtype))
+    return where(zero == 0, zero, jnp.zeros((), dtype))
 
 
 @functools.cache

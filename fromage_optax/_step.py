@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 
 from fromage_optax import _validation
+from fromage_optax._batching import where
 from fromage_optax._norms import power_of_two_scale
 
 
@@ -51,8 +52,8 @@ def norm_control(learning_rate: Any, dtype) -> NormControl:
     # rounding of every earlier release); above, as −(η/√(1+η²))·η/(1 + √(1+η²)), since η²
     # may overflow (η itself clipped in the unused form, so its derivative stays finite).
     small = jnp.abs(eta) <= 1
-    clipped = jnp.where(small, eta, 0)
-    shrink_minus_one = jnp.where(
+    clipped = where(small, eta, 0)
+    shrink_minus_one = where(
         small, -(clipped * clipped) / (root * (1 + root)), -sine * (eta / (1 + root))
     )
     return NormControl(1 / root, shrink_minus_one, sine)
@@ -77,19 +78,19 @@ def nan_where_invalid(valid: Any, *coefficients):
     """The coefficients, NaN wherever `valid` is False (nothing to do when it is True)."""
     if valid is True:
         return coefficients
-    return tuple(jnp.where(valid, c, jnp.nan) for c in coefficients)
+    return tuple(where(valid, c, jnp.nan) for c in coefficients)
 
 
 def safe_ratio(numerator, denominator, use):
     """numerator/denominator where `use`, else 1; its derivative is finite everywhere."""
-    return jnp.where(use, numerator / jnp.where(use, denominator, 1), 1)
+    return where(use, numerator / where(use, denominator, 1), 1)
 
 
 def bounded_norm_factor(new_norm, initial_norm, p_bound):
     """The factor that scales W' back to p·‖W₀‖ where ‖W'‖ exceeds it, else 1."""
     bound = jnp.asarray(p_bound, new_norm.dtype) * initial_norm
     exceeds = new_norm > bound
-    return exceeds, jnp.where(exceeds, bound / jnp.where(exceeds, new_norm, 1), 1)
+    return exceeds, where(exceeds, bound / where(exceeds, new_norm, 1), 1)
 
 
 def step_coefficients(param_norm, update_norm, cosine, initial_norm, learning_rate, p_bound, dtype):
@@ -110,26 +111,26 @@ def step_coefficients(param_norm, update_norm, cosine, initial_norm, learning_ra
     # ‖g‖·2**-e is in [1, 8), so ‖W‖/(‖g‖·2**-e) ≤ ‖W‖, and |η|/√(1+η²) ≤ 1: no factor
     # overflows for any finite η wherever the step itself is representable.
     scaled_ratio = safe_ratio(param_norm, update_norm * update_multiplier, use_ratio)
-    update_coefficient = -sine * jnp.where(use_ratio, scaled_ratio, update_scale)
+    update_coefficient = -sine * where(use_ratio, scaled_ratio, update_scale)
     param_coefficient = shrink_minus_one
 
     if p_bound is not None:
         # ‖W'‖ without another pass over W': in the rescaled case
         # ‖W − η(‖W‖/‖g‖)g‖²/(1+η²) = ‖W‖²((s₀ − s·c)² + s²(1 − c²)), c = cos(W, g),
         # s₀ = 1/√(1+η²), s = η/√(1+η²): bounded by 2‖W‖², so it cannot overflow.
-        cosine = jnp.where(use_ratio, cosine.astype(dtype), 0)
+        cosine = where(use_ratio, cosine.astype(dtype), 0)
         squared_ratio = jnp.square(shrink - sine * cosine) + sine * sine * (1 - cosine) * (
             1 + cosine
         )
         # 0 only for η = 1 and g along W (W' = 0): keep the derivative finite there.
         positive = squared_ratio > 0
-        rescaled_norm = param_norm * jnp.where(
-            positive, jnp.sqrt(jnp.where(positive, squared_ratio, 1)), 0
+        rescaled_norm = param_norm * where(
+            positive, jnp.sqrt(where(positive, squared_ratio, 1)), 0
         )
-        plain_norm = jnp.where(param_norm > 0, shrink * param_norm, jnp.abs(sine) * update_norm)
-        new_norm = jnp.where(use_ratio, rescaled_norm, plain_norm)
+        plain_norm = where(param_norm > 0, shrink * param_norm, jnp.abs(sine) * update_norm)
+        new_norm = where(use_ratio, rescaled_norm, plain_norm)
         exceeds, factor = bounded_norm_factor(new_norm, initial_norm.astype(dtype), p_bound)
-        param_coefficient = jnp.where(exceeds, factor * shrink - 1, shrink_minus_one)
+        param_coefficient = where(exceeds, factor * shrink - 1, shrink_minus_one)
         update_coefficient = factor * update_coefficient
     # A norm past the dtype's largest finite value (of finite elements, or of an inf):
     # the ratio would round to 0 or inf and silently drop g or W, so the step is NaN

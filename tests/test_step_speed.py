@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from benchmarks.step_speed import __main__ as step_speed_cli
-from benchmarks.step_speed import configs, timing
+from benchmarks.step_speed import compile_time, configs, report, timing
 
 
 def test_parameter_trees_have_the_advertised_sizes():
@@ -68,6 +68,29 @@ def test_quick_preset_writes_table_json_and_plot(tmp_path, capsys):
         (m, o) for m in ("mlp", "gpt") for o in ("optax.sgd", "optax.adam", "fromage")
     }
     assert results["machine"]["devices"]
+
+
+def test_fresh_compile_times_each_contender_in_a_process_of_its_own(tmp_path):
+    """The compile column of `fresh_compile_trees`: measured again in new processes."""
+    spec = configs.PRESETS["quick"].trees["many_small"]
+    rows = timing.time_optimizer_steps(
+        "many_small", spec, "float32", 1, ["optax.sgd"], fresh_compile=True
+    )
+    for row in rows:
+        assert row["compile_where"] == "fresh process"
+        assert row["compile_s"] > 0 and row["compile_in_process_s"] > 0
+    text = report.markdown(
+        {
+            "optimizer_steps": rows,
+            "train_steps": [],
+            "preset": "quick",
+            "repeats": 1,
+            "machine": {"processor": "x86_64", "devices": ["cpu:0"], "jax": "", "optax": ""},
+        }
+    )
+    assert "many_small: each contender compiled in a process of its own" in text
+    with pytest.raises(RuntimeError, match="in a fresh process failed"):
+        compile_time.fresh_process_compile_seconds(spec, "float32", "no such optimiser")
 
 
 def test_at_the_bound_contender_starts_at_its_bound():

@@ -48,7 +48,13 @@ def run(config: configs.Config) -> dict:
         bar.set_postfix_str(f"{tree_name} {dtype}")
         rows.extend(
             timing.time_optimizer_steps(
-                tree_name, spec, dtype, config.repeats, names, bandwidth_gbs
+                tree_name,
+                spec,
+                dtype,
+                config.repeats,
+                names,
+                bandwidth_gbs,
+                fresh_compile=tree_name in config.fresh_compile_trees,
             )
         )
         bar.update()

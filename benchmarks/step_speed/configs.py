@@ -69,6 +69,9 @@ class Config:
       mlp, gpt_train: the two whole-train-step problems (hidden sizes, batch; GPT preset).
       tree_names: which of `trees` to time (flag ``--trees``).
       optimizers: which contenders (names of `OPTIMIZERS`; optax.sgd always runs first).
+      fresh_compile_trees: which of the timed trees report each contender's compile time
+        from a fresh process (`compile_time`) rather than from this one, where it depends
+        on what was compiled before.
       train_steps: also time a whole jitted train step of the MLP and the GPT.
       bandwidth_gbs: memory bandwidth of the traffic floor (None: from the device kind;
         no floor on a CPU).
@@ -89,6 +92,13 @@ class Config:
     optimizers: tuple[str, ...] = dataclasses.field(
         default=tuple(n for n in OPTIMIZERS if n not in DESIGN_STUDY),
         metadata={"choices": tuple(OPTIMIZERS)},
+    )
+    fresh_compile_trees: tuple[str, ...] = dataclasses.field(
+        default=("many_small",),
+        metadata={
+            "help": "trees whose compile times are measured again, each contender in a "
+            "process of its own (compile_time.py); none: ''"
+        },
     )
     train_steps: bool = dataclasses.field(
         default=True, metadata={"help": "time whole train steps too (--no-train-steps: skip)"}
@@ -121,6 +131,7 @@ PRESETS = {
         },
         dtypes=("float32",),
         repeats=3,
+        fresh_compile_trees=(),
         mlp={"hidden_sizes": (32,), "batch": 16, "inputs": 64},
         gpt_train={"gpt_preset": "tiny", "batch": 2},
     ),

@@ -151,7 +151,15 @@ def markdown(saved: dict) -> str:
         "Optimiser step (`update` + `optax.apply_updates`), time relative to `optax.sgd`:\n\n"
     )
     text += reporting.format_markdown_table(_pivot(steps, "tree", _ratio)) + "\n"
-    text += "\nCompile time of the optimiser step:\n\n"
+    text += "\nCompile time of the optimiser step"
+    fresh = list(dict.fromkeys(r["tree"] for r in steps if r.get("compile_where")))
+    if fresh:
+        text += (
+            f" ({', '.join(fresh)}: each contender compiled in a process of its own, since "
+            "in one process a compile slows after other large ones; the other trees: in "
+            "the timing process, one after another)"
+        )
+    text += ":\n\n"
     compile_cell = lambda r: f"{r['compile_s']:.1f} s"  # noqa: E731
     text += reporting.format_markdown_table(_pivot(steps, "tree", compile_cell)) + "\n"
     derived = _derived(steps)
