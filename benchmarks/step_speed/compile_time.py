@@ -22,9 +22,8 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from benchmarks.step_speed.configs import INIT_SCALE, OPTIMIZERS
+from benchmarks.step_speed.configs import OPTIMIZERS
 
 
 def step_compile_seconds(spec: dict, dtype: str, name: str) -> float:
@@ -32,16 +31,8 @@ def step_compile_seconds(spec: dict, dtype: str, name: str) -> float:
     from benchmarks.step_speed import timing
 
     jax.jit(lambda x: x + 1).lower(jnp.ones(3)).compile()
-    optimizer = OPTIMIZERS[name]()
-    params = timing.parameter_tree(spec, dtype, seed=0)
+    step, params, state = timing.optimizer_step(name, spec, dtype)
     grads = timing.parameter_tree(spec, dtype, seed=1)
-    scale = INIT_SCALE.get(name, 1)
-    state = jax.jit(lambda p: optimizer.init(jax.tree.map(lambda x: x * scale, p)))(params)
-
-    def step(params, state, grads):
-        updates, state = optimizer.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
     start = time.perf_counter()
     jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
     return time.perf_counter() - start

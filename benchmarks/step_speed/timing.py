@@ -117,6 +117,22 @@ def device_bandwidth_gbs(device_kind: str) -> float | None:
     return None
 
 
+def optimizer_step(name: str, spec: dict, dtype: str):
+    """(step, params, state) of contender `name` on the tree `spec`: the step is
+    ``update`` + ``optax.apply_updates`` of (params, state, grads)."""
+    optimizer = OPTIMIZERS[name]()
+
+    def step(params, state, grads):
+        updates, state = optimizer.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    params = parameter_tree(spec, dtype, seed=0)
+    scale = INIT_SCALE.get(name, 1)
+    # Jitted: run eagerly, an init over 2000 leaves dispatches (and compiles) op by op.
+    state = jax.jit(lambda p: optimizer.init(jax.tree.map(lambda x: x * scale, p)))(params)
+    return step, params, state
+
+
 def time_optimizer_steps(
     tree_name: str,
     spec: dict,
@@ -136,19 +152,7 @@ def time_optimizer_steps(
     grads = parameter_tree(spec, dtype, seed=1)
     contenders = []
     for name in names:
-        optimizer = OPTIMIZERS[name]()
-
-        def step(params, state, grads, optimizer=optimizer):
-            updates, state = optimizer.update(grads, state, params)
-            return optax.apply_updates(params, updates), state
-
-        params = parameter_tree(spec, dtype, seed=0)
-        init_scale = INIT_SCALE.get(name, 1)
-        # Jitted: run eagerly, an init over 2000 leaves dispatches (and compiles) op by op.
-        init = jax.jit(
-            lambda p, o=optimizer, s=init_scale: o.init(jax.tree.map(lambda x: x * s, p))
-        )
-        state = init(params)
+        step, params, state = optimizer_step(name, spec, dtype)
         contenders.append(_Contender(name, step, params, state, (grads,)))
     _interleaved(contenders, repeats)
     sgd_ms = float(np.median(contenders[0].times) * 1e3)
