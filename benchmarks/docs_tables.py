@@ -198,7 +198,12 @@ def _step_speed_row(results: Path) -> dict:
     many_small = [r for r in float32 if r["tree"] == "many_small"]
     compile_s = {r["optimizer"]: r["compile_s"] for r in many_small}
     fresh = all(r.get("compile_where") == "fresh process" for r in many_small)
-    compile_where = " (each in a fresh process)" if fresh else ""
+    processes = max(len(r.get("compile_runs_s", [0])) for r in many_small)
+    compile_where = ""
+    if fresh:
+        each = f"the median of {processes} fresh processes"
+        each = "in a fresh process" if processes == 1 else each
+        compile_where = f" (each {each})"
     against_name = "step_speed/against_commit/against_commit.json"
     against = _load(results, against_name)
     x_sgd = {(r["tree"], r["optimizer"]): r["x_sgd"] for r in against["rows"]}

@@ -55,6 +55,7 @@ def run(config: configs.Config) -> dict:
                 names,
                 bandwidth_gbs,
                 fresh_compile=tree_name in config.fresh_compile_trees,
+                fresh_compile_repeats=config.fresh_compile_repeats,
             )
         )
         bar.update()

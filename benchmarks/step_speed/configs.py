@@ -72,6 +72,8 @@ class Config:
       fresh_compile_trees: which of the timed trees report each contender's compile time
         from a fresh process (`compile_time`) rather than from this one, where it depends
         on what was compiled before.
+      fresh_compile_repeats: how many fresh processes per contender on those trees (rounds
+        over the contenders in turn); ``compile_s`` is their median.
       train_steps: also time a whole jitted train step of the MLP and the GPT.
       bandwidth_gbs: memory bandwidth of the traffic floor (None: from the device kind;
         no floor on a CPU).
@@ -98,6 +100,13 @@ class Config:
         metadata={
             "help": "trees whose compile times are measured again, each contender in a "
             "process of its own (compile_time.py); none: ''"
+        },
+    )
+    fresh_compile_repeats: int = dataclasses.field(
+        default=3,
+        metadata={
+            "help": "fresh processes per contender on those trees, in interleaved rounds; "
+            "the median is reported (the same program's compile moves ~10%% between processes)"
         },
     )
     train_steps: bool = dataclasses.field(
@@ -132,6 +141,7 @@ PRESETS = {
         dtypes=("float32",),
         repeats=3,
         fresh_compile_trees=(),
+        fresh_compile_repeats=1,
         mlp={"hidden_sizes": (32,), "batch": 16, "inputs": 64},
         gpt_train={"gpt_preset": "tiny", "batch": 2},
     ),

@@ -152,11 +152,14 @@ def markdown(saved: dict) -> str:
     )
     text += reporting.format_markdown_table(_pivot(steps, "tree", _ratio)) + "\n"
     text += "\nCompile time of the optimiser step"
-    fresh = list(dict.fromkeys(r["tree"] for r in steps if r.get("compile_where")))
+    fresh_rows = [r for r in steps if r.get("compile_where")]
+    fresh = list(dict.fromkeys(r["tree"] for r in fresh_rows))
     if fresh:
+        counts = sorted({len(r.get("compile_runs_s", [r["compile_s"]])) for r in fresh_rows})
+        median = f", the median of {counts[-1]}" if counts[-1] > 1 else ""
         text += (
-            f" ({', '.join(fresh)}: each contender compiled in a process of its own, since "
-            "in one process a compile slows after other large ones; the other trees: in "
+            f" ({', '.join(fresh)}: each contender compiled in a process of its own{median}, "
+            "since in one process a compile slows after other large ones; the other trees: in "
             "the timing process, one after another)"
         )
     text += ":\n\n"
