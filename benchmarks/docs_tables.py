@@ -198,7 +198,7 @@ def _step_speed_row(results: Path) -> dict:
     many_small = [r for r in float32 if r["tree"] == "many_small"]
     compile_s = {r["optimizer"]: r["compile_s"] for r in many_small}
     fresh = all(r.get("compile_where") == "fresh process" for r in many_small)
-    processes = max(len(r.get("compile_runs_s", [0])) for r in many_small)
+    processes = step_speed_report.fresh_compile_processes(many_small)
     compile_where = ""
     if fresh:
         each = f"the median of {processes} fresh processes"

@@ -140,6 +140,14 @@ def _derived(steps: list[dict]) -> list[dict]:
     return rows
 
 
+def fresh_compile_processes(rows: list[dict]) -> int:
+    """How many fresh processes the compile times of `rows` are the median of (0: none)."""
+    return max(
+        (len(r.get("compile_runs_s", [r["compile_s"]])) for r in rows if r.get("compile_where")),
+        default=0,
+    )
+
+
 def markdown(saved: dict) -> str:
     """step_speed.md from the saved step_speed.json: step time relative to optax.sgd (its time
     in brackets), compile times, and whole train steps."""
@@ -152,11 +160,10 @@ def markdown(saved: dict) -> str:
     )
     text += reporting.format_markdown_table(_pivot(steps, "tree", _ratio)) + "\n"
     text += "\nCompile time of the optimiser step"
-    fresh_rows = [r for r in steps if r.get("compile_where")]
-    fresh = list(dict.fromkeys(r["tree"] for r in fresh_rows))
+    fresh = list(dict.fromkeys(r["tree"] for r in steps if r.get("compile_where")))
     if fresh:
-        counts = sorted({len(r.get("compile_runs_s", [r["compile_s"]])) for r in fresh_rows})
-        median = f", the median of {counts[-1]}" if counts[-1] > 1 else ""
+        processes = fresh_compile_processes(steps)
+        median = f", the median of {processes}" if processes > 1 else ""
         text += (
             f" ({', '.join(fresh)}: each contender compiled in a process of its own{median}, "
             "since in one process a compile slows after other large ones; the other trees: in "
