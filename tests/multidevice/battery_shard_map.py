@@ -99,7 +99,8 @@ def main():
     results = {}
     for name, make in TRANSFORMS.items():
         unsharded, sharded = make(None), make(AXIS_NAME)
-        expected = jax.jit(unsharded)(params, grads)
+        unsharded_jit = jax.jit(unsharded)
+        expected = unsharded_jit(params, grads)
         out_specs = jax.tree.map(lambda _: P(), expected)
         if name != "relative_update_norms" and name != "monitor_relative_trust":
             out_specs = SPECS
@@ -120,7 +121,11 @@ def main():
                 out_specs=batched_out,
             )
         )
-        expected_batched = jax.jit(jax.vmap(unsharded))(*batched)
+        # Against each problem's own unsharded result (the program compiled above).
+        expected_batched = jax.tree.map(
+            lambda *members: jnp.stack(members),
+            *(unsharded_jit(*(jax.tree.map(lambda x, i=i: x[i], batched))) for i in (0, 1)),
+        )
         results[f"{name} vmap"] = _relative_difference(vmapped(*batched), expected_batched)
 
         # jit(grad) w.r.t. the params, through the sharded step. Where the outputs hold the
