@@ -215,11 +215,12 @@ def _step_speed_row(results: Path) -> dict:
     return {
         "experiment": "[Step speed, CPU](docs/experiments/step_speed.md)",
         "claim": "the step's time against SGD's on 50M params in 100 tensors / 2M in 2,000 / "
-        "the GPT's tree (float32; the GPT's ratio varies from run to run, see its page), and "
-        "its compile time",
+        "the GPT's tree (float32; the ratios vary from run to run, see its page), and its "
+        "compile time",
         "measured": (
             " / ".join(f"{ratio[tree, 'fromage']:.2f}×" for tree in trees)
             + f" `optax.sgd` (`optax.fromage` {ratio['few_large', 'optax.fromage']:.2f}×, "
+            "much of it the kernel faulting in its temporaries afresh every step, see the page; "
             f"`optax.adam` {ratio['few_large', 'optax.adam']:.2f}× on the first); compile on "
             f"2,000 tensors {compile_s['fromage'] / compile_s['optax.adam']:.2f}× `optax.adam`'s "
             f"({compile_s['fromage p_bound=2'] / compile_s['optax.adam']:.2f}× with p_bound)"
