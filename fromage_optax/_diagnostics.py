@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from fromage_optax import _leaf_options, _validation
+from fromage_optax import _batching, _leaf_options, _validation
 from fromage_optax._norms import paired_norm_stats
 
 # Ratios are reported in float32 whatever the params' dtype: they are
@@ -111,7 +111,7 @@ def _exact_ratios(params, updates, layer_axes, axis_names) -> list:
         again, _ = ratios_of(scaled(params), scaled(updates))
         return [jnp.where(o, r2, r) for o, r2, r in zip(overflow, again, ratios)]
 
-    any_overflow = jnp.any(jnp.stack([jnp.any(o) for o in overflow]))
+    any_overflow = _batching.any_true(overflow)
     if isinstance(any_overflow, jax.core.Tracer):
         return lax.cond(any_overflow, rescaled, lambda ratios: ratios, ratios)
     return rescaled(ratios) if any_overflow else ratios

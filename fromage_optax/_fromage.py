@@ -211,19 +211,17 @@ def _any_could_pass_bound(param_leaves, update_leaves, initial_norms, eta, p_bou
     `initial_norms`: per group, its ‖W₀‖.
     """
     flags = [
-        jnp.any(
-            _step.could_pass_bound(
-                group.stats.param_norm,
-                group.stats.update_norm,
-                initial_norm,
-                eta,
-                p_bound,
-                _step_dtype(param_leaves, update_leaves, group),
-            )
+        _step.could_pass_bound(
+            group.stats.param_norm,
+            group.stats.update_norm,
+            initial_norm,
+            eta,
+            p_bound,
+            _step_dtype(param_leaves, update_leaves, group),
         )
         for group, initial_norm in zip(groups, initial_norms)
     ]
-    return jnp.any(jnp.stack(flags)) if flags else False
+    return _batching.any_true(flags) if flags else False
 
 
 def _as(x, dtype):

@@ -131,15 +131,15 @@ def _group_stats(group, values, with_partners: bool, with_cosine: bool) -> Group
 
 def _trusted(sums, source_count, exact_zero_where):
     """Whether every plain sum of squares can be used as it is (a boolean scalar)."""
-    flags = []
+    untrusted = []
     for index, group_sums in enumerate(sums):
         for position, sum_of_squares in enumerate(group_sums[:source_count]):
             trusted = _batching.safe(sum_of_squares)
             if position == 0 and exact_zero_where is not None:
                 marks = jnp.reshape(exact_zero_where[index], sum_of_squares.shape)
                 trusted = trusted | ((marks == 0) & (sum_of_squares == 0))
-            flags.append(jnp.all(trusted))
-    return jnp.all(jnp.stack(flags))
+            untrusted.append(~trusted)
+    return ~_batching.any_true(untrusted)
 
 
 def _choose(cpu: Callable[[], Any], default: Callable[[], Any]) -> Any:
