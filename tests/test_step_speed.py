@@ -23,6 +23,22 @@ def test_parameter_trees_have_the_advertised_sizes():
     assert tree["layer_0002"]["bias"].dtype == jax.numpy.bfloat16
 
 
+@pytest.mark.skipif(timing._threads_running() is None, reason="needs /proc/self/task")
+def test_steps_are_timed_only_once_the_runtime_threads_are_idle():
+    # An XLA computation dispatched but not finished keeps a runtime thread running:
+    # the wait must outlast it (JAX dispatches asynchronously, so the call returns first).
+    @jax.jit
+    def busy(x):
+        return jax.lax.fori_loop(0, 400, lambda _, y: jax.numpy.tanh(y @ x), x)
+
+    x = jax.numpy.full((300, 300), 1e-3)
+    busy(x).block_until_ready()  # compiled, so that the wait below is for running only
+    timing.wait_until_idle()
+    result = busy(x)
+    timing.wait_until_idle(limit_s=60.0)
+    assert result.is_ready()
+
+
 def _shapes(spec):
     if "pairs" in spec:
         return [spec["kernel"][:1], spec["kernel"]] * spec["pairs"]
@@ -53,6 +69,7 @@ def test_quick_preset_writes_table_json_and_plot(tmp_path, capsys):
     for row in rows:
         assert set(row) >= {"ms", "x_sgd", "state_bytes", "compile_s", "params", "leaves"}
         assert row["ms"] > 0 and row["compile_s"] > 0 and len(row["times_ms"]) == 2
+        assert row["busy_after_ms"] >= 0
         assert row["floor_bytes"] >= 3 * row["param_bytes"]
     sgd = [r for r in rows if r["optimizer"] == "optax.sgd"]
     assert all(r["x_sgd"] == 1.0 for r in sgd)

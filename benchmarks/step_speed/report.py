@@ -180,6 +180,16 @@ def markdown(saved: dict) -> str:
             "every tensor at it), and each one's compile time against `optax.adam`'s:\n\n"
         )
         text += reporting.format_markdown_table(derived) + "\n"
+    busy = [r for r in steps if r.get("busy_after_ms", 0) >= 1]
+    if busy:
+        text += (
+            "\nEvery step was timed from a quiet process until its outputs were ready. After "
+            "these contenders' steps one runtime thread went on working, in system time "
+            "(freeing the step's temporaries, by all signs), for the median ms below. That "
+            "time is in no row above: the next step waited for it to end.\n\n"
+        )
+        busy_cell = lambda r: f"{r['busy_after_ms']:.1f}"  # noqa: E731
+        text += reporting.format_markdown_table(_pivot(busy, "tree", busy_cell)) + "\n"
     if train:
         text += "\nWhole jitted train step (forward, backward, update), relative to "
         text += "`optax.sgd`:\n\n"
