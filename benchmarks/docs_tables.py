@@ -215,8 +215,7 @@ def _step_speed_row(results: Path) -> dict:
     return {
         "experiment": "[Step speed, CPU](docs/experiments/step_speed.md)",
         "claim": "the step's time against SGD's on 50M params in 100 tensors / 2M in 2,000 / "
-        "the GPT's tree (float32; the ratios vary from run to run, see its page), and its "
-        "compile time",
+        "the GPT's tree (float32, each step timed from a quiet process), and its compile time",
         "measured": (
             " / ".join(f"{ratio[tree, 'fromage']:.2f}×" for tree in trees)
             + f" `optax.sgd` (`optax.fromage` {ratio['few_large', 'optax.fromage']:.2f}×, "
