@@ -110,12 +110,12 @@ def wait_until_idle(
 
     A step's outputs can be ready before the runtime is done with the step: after
     each `optax.lars` step on the 50M-parameter tree, one XLA:CPU thread spends
-    about 23 ms more freeing the step's 400 MB of temporaries. A step timed at once
-    ran beside that work on the other core (fromage 30-46 ms instead of 18-20,
-    SGD 28 ms instead of 12), so each contender's time depended on which contender
-    ran before it. It busy-waits rather than sleeps: a thread pool left idle for
-    long goes to sleep, and waking it is part of no step. Where the OS does not say
-    which threads run, it waits `fallback_s`; it gives up after `limit_s`.
+    about 22 ms more, in system time (by all signs freeing the step's 400 MB of
+    temporaries). A step timed at once ran beside that work on the other core
+    (fromage 30-46 ms instead of 18-20, SGD 28 ms instead of 12), so each
+    contender's time depended on which contender ran before it. It polls rather
+    than sleeps, so that it returns as soon as the threads are idle. Where the OS
+    does not say which threads run, it waits `fallback_s`; it gives up after `limit_s`.
     """
     start = time.perf_counter()
     quiet_since = start
