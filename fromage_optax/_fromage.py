@@ -229,19 +229,23 @@ def _as(x, dtype):
 
 
 def _times(coefficient, x):
-    """coefficient·x for a coefficient of x's rank with size 1 on the reduced axes."""
-    return lax.mul(lax.broadcast_in_dim(coefficient, x.shape, tuple(range(x.ndim))), x)
+    """coefficient·x for a scalar coefficient, or one of x's rank with size 1 on the
+    reduced axes."""
+    dims = tuple(range(x.ndim)) if coefficient.ndim else ()
+    return lax.mul(lax.broadcast_in_dim(coefficient, x.shape, dims), x)
 
 
 def _coefficient(coefficients, k: int, position: int, stacked: bool):
-    """coefficients[k, position] (stacked) or coefficients[k]: one slice and one reshape,
-    the fewest ops per tensor for trees of thousands of tensors to trace and compile."""
-    if not stacked:
-        return lax.index_in_dim(coefficients, k, keepdims=False)
+    """coefficients[k, position] (stacked) or coefficients[k], as a scalar where the tensor
+    has one coefficient: one slice and one reshape, the fewest ops per tensor for trees of
+    thousands of tensors to trace and compile (a coefficient of the tensor's rank costs
+    XLA a reshape more for each of its three uses)."""
     shape = coefficients.shape
-    start = (k, position) + (0,) * (len(shape) - 2)
-    limit = (k + 1, position + 1) + tuple(shape[2:])
-    return lax.reshape(lax.slice(coefficients, start, limit), tuple(shape[2:]))
+    lead = 2 if stacked else 1
+    start = (k, position)[:lead] + (0,) * (len(shape) - lead)
+    limit = (k + 1, position + 1)[:lead] + tuple(shape[lead:])
+    kept = () if all(d == 1 for d in shape[lead:]) else tuple(shape[lead:])
+    return lax.reshape(lax.slice(coefficients, start, limit), kept)
 
 
 def _pad_members(coefficients):
