@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 # Tensors with at most this many elements are stacked with same-shaped peers
@@ -50,7 +51,10 @@ def where(condition, x, y):
     shape = jnp.broadcast_shapes(jnp.shape(condition), jnp.shape(x), jnp.shape(y))
 
     def broadcast(value, value_dtype):
-        value = jnp.asarray(value, value_dtype)
+        if not isinstance(value, jax.Array):  # a Python or NumPy number: a constant
+            value = np.asarray(value, value_dtype)
+        elif value.dtype != value_dtype:
+            value = lax.convert_element_type(value, value_dtype)
         if value.shape == shape:
             return value
         dims = tuple(range(len(shape) - value.ndim, len(shape)))
@@ -336,23 +340,27 @@ def plain_cosine(group, xs, norms):
 
 def rescaled_norms(group, xs, with_dot):
     """Norms (and cosine) of a group (inputs `xs`), each slice scaled by a power of two first."""
+    return _rescaled_norms(xs, group.reduce_axes, group.axis_names, with_dot)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _rescaled_norms(xs, reduce_axes, axis_names, with_dot):
+    """`rescaled_norms` as a nested jit: called once per group (for each of 100 large tensors,
+    say), it is traced and lowered once per signature, and XLA inlines it back (see
+    `_step`'s docstring)."""
     scaled = []
     for x in map(_upcast, xs):
         # initial=0: a tensor of size 0 has max-abs 0 (and norm 0). The scale is a power
         # of two, piecewise constant in x: its derivative is 0 (and pmax has no rule).
-        max_abs = jnp.max(
-            jnp.abs(lax.stop_gradient(x)), axis=group.reduce_axes, keepdims=True, initial=0
-        )
-        scale = _reciprocal_power_of_two(_pmax(max_abs, group.axis_names))
+        max_abs = jnp.max(jnp.abs(lax.stop_gradient(x)), axis=reduce_axes, keepdims=True, initial=0)
+        scale = _reciprocal_power_of_two(_pmax(max_abs, axis_names))
         y = x * scale
-        sum_of_squares = _psum(
-            jnp.sum(y * y, axis=group.reduce_axes, keepdims=True), group.axis_names
-        )
+        sum_of_squares = _psum(jnp.sum(y * y, axis=reduce_axes, keepdims=True), axis_names)
         scaled.append((y, sum_of_squares, scale))
     values = [_sqrt(s) / scale for _, s, scale in scaled]
     if with_dot:
         (y0, s0, _), (y1, s1, _) = scaled
-        dot = _psum(jnp.sum(y0 * y1, axis=group.reduce_axes, keepdims=True), group.axis_names)
+        dot = _psum(jnp.sum(y0 * y1, axis=reduce_axes, keepdims=True), axis_names)
         values.append(_cosine(dot, _sqrt(s0), _sqrt(s1)))
     return values
 
